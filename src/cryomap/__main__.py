@@ -1,0 +1,5 @@
+import sys
+
+from cryomap.cli import main
+
+sys.exit(main())

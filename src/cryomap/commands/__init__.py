@@ -1,0 +1,1 @@
+"""One module per ``cryomap`` sub-command; each defines ``register(app)``. Discovered by :mod:`cryomap.cli`."""

@@ -1,0 +1,224 @@
+"""MRC/MRCS maps and image stacks through ``mrcfile``.
+
+Arrays follow mrcfile's order: a map is ``(z, y, x)``, a stack ``(n, y, x)``, x the fast axis.
+Voxel sizes are in Å/px and travel with every array; origins are in Å (MRC header ``origin``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from cryomap.errors import BadInputError
+from cryomap.io.atomic import atomic_path
+
+#: MRC modes mrcfile reads and cryomap accepts: int8, int16, float32, uint16, float16.
+SUPPORTED_MODES = (0, 1, 2, 6, 12)
+
+
+@dataclass
+class MrcData:
+    """An array with its sampling: ``data`` (z, y, x) or (n, y, x); ``apix`` Å/px; ``origin`` Å (x, y, z)."""
+
+    data: np.ndarray
+    apix: float
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+def _header_apix(mrc: mrcfile.mrcfile.MrcFile) -> float | None:
+    """Voxel size in Å/px from the header, or None when the cell is zero (not stored)."""
+    vs = mrc.voxel_size
+    values = [float(vs.x), float(vs.y), float(vs.z)]
+    nonzero = [v for v in values[:2] if v > 0]
+    if not nonzero:
+        return None
+    return nonzero[0]
+
+
+def _open(path: Path, mmap: bool):
+    if not path.exists():
+        raise BadInputError("file not found", path)
+    try:
+        if mmap:
+            return mrcfile.mmap(path, mode="r", permissive=True)
+        return mrcfile.open(path, mode="r", permissive=True)
+    except Exception as exc:  # mrcfile raises ValueError/OSError subclasses for broken headers
+        raise BadInputError(f"not a readable MRC file ({exc})", path) from exc
+
+
+def _check(mrc, path: Path) -> None:
+    if mrc.data is None:
+        raise BadInputError("MRC header is unreadable or the file is truncated (no data block)", path)
+    mode = int(mrc.header.mode)
+    if mode not in SUPPORTED_MODES:
+        raise BadInputError(f"unsupported MRC mode {mode} (supported: {SUPPORTED_MODES})", path)
+    expected = int(mrc.header.nx) * int(mrc.header.ny) * int(mrc.header.nz)
+    if mrc.data.size != expected:
+        raise BadInputError(
+            f"truncated MRC: header says {expected} values, file holds {mrc.data.size}", path
+        )
+
+
+def read_mrc(path: str | Path, apix: float | None = None, *, mmap: bool = False) -> MrcData:
+    """Read a map, image or stack as float32 with its voxel size (Å/px) and origin (Å).
+
+    ``apix`` overrides the header; a file whose header holds no voxel size is an error unless
+    ``apix`` is given. With ``mmap=True`` float32 data stays memory-mapped (read-only) so large
+    stacks do not load into memory; other modes are converted (float16 → float32) in memory.
+    """
+    path = Path(path)
+    mrc = _open(path, mmap)
+    with mrc:
+        _check(mrc, path)
+        header_apix = _header_apix(mrc)
+        if apix is None:
+            if header_apix is None:
+                raise BadInputError(
+                    "header holds no voxel size (cell is 0); give the pixel size with --apix", path
+                )
+            apix = header_apix
+        origin = (float(mrc.header.origin.x), float(mrc.header.origin.y), float(mrc.header.origin.z))
+        data = mrc.data
+        if mmap and data.dtype == np.float32:
+            # keep the mapping alive beyond the context: reopen as a plain numpy memmap
+            arr = np.memmap(path, dtype=data.dtype, mode="r",
+                            offset=int(mrc.header.nsymbt) + 1024, shape=data.shape)
+            if not arr.dtype.isnative:
+                arr = arr.astype(np.float32)
+        else:
+            arr = np.asarray(data, dtype=np.float32).copy()
+    if mmap is False and not np.all(np.isfinite(arr)):
+        raise BadInputError("contains NaN or infinite values", path)
+    return MrcData(arr, float(apix), origin)
+
+
+def read_map(path: str | Path, apix: float | None = None) -> MrcData:
+    """Read a 3D density map (z, y, x); 2D files are an error. See :func:`read_mrc`."""
+    out = read_mrc(path, apix)
+    if out.data.ndim != 3:
+        raise BadInputError(f"expected a 3D map, found an array of shape {out.data.shape}", path)
+    return out
+
+
+def read_stack(path: str | Path, apix: float | None = None, *, mmap: bool = True) -> MrcData:
+    """Read an image stack (n, y, x), memory-mapped by default; a single image becomes n = 1."""
+    out = read_mrc(path, apix, mmap=mmap)
+    if out.data.ndim == 2:
+        out.data = out.data[None]
+    return out
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """True if the MRC header says the file is a volume (ispg 1 / nz>1, not a stack ``.mrcs``)."""
+    with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+        return bool(mrc.header.ispg != 0 and int(mrc.header.nz) > 1)
+
+
+def write_mrc(
+    path: str | Path,
+    data: np.ndarray,
+    apix: float,
+    *,
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    is_stack: bool | None = None,
+    force: bool = False,
+) -> Path:
+    """Write ``data`` as float32 MRC with voxel size ``apix`` (Å/px) and ``origin`` (Å), atomically.
+
+    3D arrays are written as a volume unless ``is_stack`` (default: True for ``.mrcs``), in which
+    case the header marks an image stack (ispg 0) as RELION and cryoSPARC expect.
+    """
+    path = Path(path)
+    if apix is None or not np.isfinite(apix) or apix <= 0:
+        raise ValueError(f"voxel size must be a positive number of Å/px, got {apix!r}")
+    arr = np.ascontiguousarray(data, dtype=np.float32)
+    if is_stack is None:
+        is_stack = path.suffix.lower() == ".mrcs"
+    with atomic_path(path, force=force) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(arr)
+            if arr.ndim == 3 and is_stack:
+                mrc.set_image_stack()
+            elif arr.ndim == 3:
+                mrc.set_volume()
+            mrc.voxel_size = float(apix)
+            mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
+            mrc.update_header_stats()
+    return path
+
+
+class StackWriter:
+    """Append images to an ``.mrcs`` stack without holding the stack in memory.
+
+    The file is created at its final size (``n`` images of ``box``×``box``) under a temporary
+    name, filled through a memory map, and renamed on :meth:`close`. Used by extraction so peak
+    memory does not grow with the number of particles.
+    """
+
+    def __init__(self, path: str | Path, n: int, box: int, apix: float, force: bool = False) -> None:
+        from cryomap.io.atomic import check_writable
+
+        self.path = check_writable(path, force)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.n, self.box, self.apix = n, box, float(apix)
+        self._mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        self._mrc.set_image_stack()
+        self._mrc.voxel_size = self.apix
+        self.count = 0
+
+    def write(self, images: np.ndarray) -> None:
+        """Append one image (box, box) or a batch (k, box, box)."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 2:
+            images = images[None]
+        k = images.shape[0]
+        if self.count + k > self.n:
+            raise ValueError(f"stack {self.path} is sized for {self.n} images")
+        self._mrc.data[self.count : self.count + k] = images
+        self.count += k
+
+    def close(self) -> Path:
+        """Finish: shrink to the images written, update header statistics, rename into place."""
+        import os
+
+        if self.count < self.n:
+            data = np.array(self._mrc.data[: self.count])
+            self._mrc.close()
+            os.unlink(self.tmp)
+            with mrcfile.new(self.tmp, overwrite=True) as mrc:
+                mrc.set_data(data)
+                mrc.set_image_stack()
+                mrc.voxel_size = self.apix
+                mrc.update_header_stats()
+        else:
+            self._mrc.update_header_stats()
+            self._mrc.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the partial stack."""
+        import os
+
+        try:
+            self._mrc.close()
+        finally:
+            if self.tmp.exists():
+                os.unlink(self.tmp)
+
+    def __enter__(self) -> "StackWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

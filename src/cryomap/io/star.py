@@ -1,0 +1,183 @@
+"""RELION STAR particle tables through ``starfile``.
+
+Reads RELION 3.0 (one table, optics per particle), RELION 3.1+ (``data_optics`` +
+``data_particles``, any number of optics groups, either block first) and the cryoSPARC-exported
+flavour CryoPPP ships (pyem ``csparc2star``). On read the optics columns are merged into every
+particle row, so callers see one flat table; on write the optics columns are split back into a
+``data_optics`` block (RELION 3.1 conventions, ``# version 30001``).
+
+Units: ``rlnImagePixelSize``/``rlnMicrographPixelSize`` Å/px, ``rlnDefocusU/V`` Å,
+``rlnDefocusAngle`` degrees, ``rlnVoltage`` kV, ``rlnSphericalAberration`` mm,
+``rlnAngleRot/Tilt/Psi`` degrees (RELION ZYZ), ``rlnOriginXAngst/YAngst`` Å,
+``rlnCoordinateX/Y`` px of the micrograph (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryomap.errors import BadInputError
+from cryomap.io.atomic import atomic_path
+
+#: Columns that belong in ``data_optics`` when writing RELION 3.1.
+OPTICS_COLUMNS = (
+    "rlnOpticsGroupName",
+    "rlnOpticsGroup",
+    "rlnMicrographOriginalPixelSize",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnImagePixelSize",
+    "rlnMicrographPixelSize",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnCtfDataAreCtfPremultiplied",
+    "rlnBeamTiltX",
+    "rlnBeamTiltY",
+)
+
+
+@dataclass
+class StarTable:
+    """A particle table with optics merged in (``particles``) and the optics block kept (``optics``)."""
+
+    particles: pd.DataFrame
+    optics: pd.DataFrame | None = None
+    path: Path | None = None
+    extra_blocks: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    @property
+    def pixel_size(self) -> float | None:
+        """The particle image pixel size (Å/px) if one value holds for all rows, else None."""
+        for col in ("rlnImagePixelSize", "rlnPixelSize", "rlnMicrographPixelSize"):
+            if col in self.particles:
+                vals = pd.unique(self.particles[col].astype(float))
+                if len(vals) == 1:
+                    return float(vals[0])
+        return None
+
+
+def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+    if not path.exists():
+        raise BadInputError("file not found", path)
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:
+        raise BadInputError(f"not a readable STAR file ({exc})", path) from exc
+    blocks = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    if not blocks:
+        raise BadInputError("STAR file holds no table (loop_) block", path)
+    return blocks
+
+
+def read_star(path: str | Path) -> StarTable:
+    """Read a particle (or coordinate) STAR file and merge optics into each particle row.
+
+    The particle block is ``data_particles`` when present, else the largest table that is not
+    ``data_optics``. Optics values are added only for columns the particle rows do not already
+    have, so per-particle values (RELION 3.0 style) win.
+    """
+    path = Path(path)
+    blocks = _read_blocks(path)
+    optics = blocks.get("optics")
+    if "particles" in blocks:
+        key = "particles"
+    else:
+        candidates = [k for k in blocks if k != "optics"]
+        if not candidates:
+            raise BadInputError("STAR file has an optics block but no particle table", path)
+        key = max(candidates, key=lambda k: len(blocks[k]))
+    particles = blocks[key].copy()
+    if optics is not None and len(optics):
+        if "rlnOpticsGroup" not in particles.columns:
+            if len(optics) != 1:
+                raise BadInputError(
+                    "particles carry no rlnOpticsGroup but the optics block has several groups", path
+                )
+            particles["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
+        missing_groups = set(particles["rlnOpticsGroup"].astype(int)) - set(optics["rlnOpticsGroup"].astype(int))
+        if missing_groups:
+            raise BadInputError(f"particles use optics groups {sorted(missing_groups)} not in data_optics", path)
+        add = [c for c in optics.columns if c not in particles.columns or c == "rlnOpticsGroup"]
+        particles = particles.merge(optics[add], on="rlnOpticsGroup", how="left", sort=False)
+    extra = {k: v for k, v in blocks.items() if k not in (key, "optics")}
+    return StarTable(particles=particles.reset_index(drop=True), optics=optics, path=path, extra_blocks=extra)
+
+
+def split_optics(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a flat table into (optics block, particle block) by ``rlnOpticsGroup``.
+
+    Rows without ``rlnOpticsGroup`` get group 1. Every optics column must be constant within
+    a group; a column that varies stays with the particles.
+    """
+    df = particles.copy()
+    if "rlnOpticsGroup" not in df:
+        df["rlnOpticsGroup"] = 1
+    df["rlnOpticsGroup"] = df["rlnOpticsGroup"].astype(int)
+    cols = [c for c in OPTICS_COLUMNS if c in df.columns and c != "rlnOpticsGroup"]
+    grouped = df.groupby("rlnOpticsGroup", sort=True)
+    constant = [c for c in cols if (grouped[c].nunique(dropna=False) <= 1).all()]
+    optics = grouped[constant].first().reset_index() if constant else pd.DataFrame(
+        {"rlnOpticsGroup": sorted(df["rlnOpticsGroup"].unique())}
+    )
+    if "rlnOpticsGroupName" not in optics:
+        optics.insert(0, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
+    front = ["rlnOpticsGroupName", "rlnOpticsGroup"]
+    optics = optics[front + [c for c in optics.columns if c not in front]]
+    parts = df.drop(columns=[c for c in constant if c != "rlnOpticsGroup"])
+    return optics, parts
+
+
+def write_star(path: str | Path, particles: pd.DataFrame, *, force: bool = False,
+               block: str = "particles") -> Path:
+    """Write a flat particle table as RELION 3.1 STAR (``data_optics`` then ``data_<block>``), atomically."""
+    path = Path(path)
+    optics, parts = split_optics(particles)
+    with atomic_path(path, force=force) as tmp:
+        starfile.write({"optics": optics, block: parts}, tmp, overwrite=True)
+        # RELION 3.1 marks its tables with a version comment; starfile does not write it.
+        text = tmp.read_text()
+        tmp.write_text(re.sub(r"(?m)^data_", "# version 30001\ndata_", text))
+    return path
+
+
+def parse_image_name(name: str) -> tuple[int, str]:
+    """Split RELION ``"N@stack.mrcs"`` into (N, path); N is 1-based. A bare path gives (1, path)."""
+    name = str(name).strip()
+    if "@" in name:
+        idx, stack = name.split("@", 1)
+        try:
+            return int(idx), stack
+        except ValueError as exc:
+            raise ValueError(f"bad RELION image name {name!r}: index before '@' is not an integer") from exc
+    return 1, name
+
+
+def format_image_name(index: int, stack: str | Path) -> str:
+    """RELION image name ``"000123@stack.mrcs"`` for 1-based ``index``."""
+    if index < 1:
+        raise ValueError(f"RELION image indices are 1-based, got {index}")
+    return f"{index:06d}@{stack}"
+
+
+def image_locations(table: StarTable) -> tuple[np.ndarray, list[Path]]:
+    """0-based image indices and stack paths (resolved against the STAR file's folder) for each row."""
+    if "rlnImageName" not in table.particles:
+        raise BadInputError("STAR file has no rlnImageName column", table.path)
+    base = table.path.parent if table.path is not None else Path(".")
+    idx, stacks = [], []
+    for name in table.particles["rlnImageName"]:
+        i, s = parse_image_name(name)
+        idx.append(i - 1)
+        p = Path(s)
+        stacks.append(p if p.is_absolute() else base / p)
+    return np.asarray(idx, dtype=np.int64), stacks

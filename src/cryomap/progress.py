@@ -1,0 +1,45 @@
+"""Rich progress bars and the one-line summary every long command ends with."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+#: Console for progress and summaries; writes to stderr so stdout stays machine-readable.
+console = Console(stderr=True)
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    """A rich Progress with description, bar, n/total, elapsed and remaining time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=not sys.stderr.isatty() and False,
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (rich), like ``rich.progress.track`` but on cryomap's console."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def summary(line: str) -> None:
+    """Print the one-line summary that ends a command."""
+    console.print(line, highlight=False, soft_wrap=True)

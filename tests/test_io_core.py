@@ -1,0 +1,55 @@
+"""Core MRC and STAR round trips the rest of the package relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryomap.errors import BadInputError, OutputExistsError
+from cryomap.io.mrc import StackWriter, read_map, read_mrc, read_stack, write_mrc
+
+
+def test_mrc_roundtrip_keeps_data_apix_origin(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    p = write_mrc(tmp_path / "v.mrc", vol, 1.37, origin=(1.0, 2.0, 3.0))
+    m = read_map(p)
+    np.testing.assert_array_equal(m.data, vol)
+    assert m.apix == pytest.approx(1.37, rel=1e-6)
+    assert m.origin == pytest.approx((1.0, 2.0, 3.0))
+
+
+def test_existing_output_is_not_overwritten_without_force(tmp_path):
+    p = write_mrc(tmp_path / "v.mrc", np.zeros((4, 4, 4)), 1.0)
+    with pytest.raises(OutputExistsError):
+        write_mrc(p, np.ones((4, 4, 4)), 1.0)
+    assert read_map(p).data.max() == 0.0
+    write_mrc(p, np.ones((4, 4, 4)), 1.0, force=True)
+    assert read_map(p).data.min() == 1.0
+
+
+def test_stack_writer_streams_and_shrinks(tmp_path):
+    imgs = np.arange(5 * 4 * 4, dtype=np.float32).reshape(5, 4, 4)
+    with StackWriter(tmp_path / "s.mrcs", n=8, box=4, apix=2.0) as w:
+        for im in imgs:
+            w.write(im)
+    s = read_stack(tmp_path / "s.mrcs")
+    assert s.data.shape == (5, 4, 4) and s.apix == pytest.approx(2.0)
+    np.testing.assert_array_equal(np.asarray(s.data), imgs)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_map_without_voxel_size_needs_apix(shared_data):
+    path = shared_data / "maps" / "70S_ribosome_65px.mrc"
+    with pytest.raises(BadInputError, match="no voxel size"):
+        read_mrc(path)
+    m = read_map(path, apix=1.0)
+    assert m.data.shape == (65, 65, 65) and m.apix == 1.0
+
+
+def test_truncated_mrc_is_one_clear_error(tmp_path):
+    p = write_mrc(tmp_path / "v.mrc", np.ones((8, 8, 8)), 1.0)
+    raw = p.read_bytes()
+    (tmp_path / "cut.mrc").write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(BadInputError, match="cut.mrc"):
+        read_mrc(tmp_path / "cut.mrc")
