@@ -46,9 +46,15 @@ def _open(path: Path, mmap: bool):
     if not path.exists():
         raise BadInputError("file not found", path)
     try:
-        if mmap:
-            return mrcfile.mmap(path, mode="r", permissive=True)
-        return mrcfile.open(path, mode="r", permissive=True)
+        import warnings
+
+        # permissive mode warns about broken headers and short data blocks; _check turns those
+        # into one BadInputError naming the file, so the warnings would only repeat it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if mmap:
+                return mrcfile.mmap(path, mode="r", permissive=True)
+            return mrcfile.open(path, mode="r", permissive=True)
     except Exception as exc:  # mrcfile raises ValueError/OSError subclasses for broken headers
         raise BadInputError(f"not a readable MRC file ({exc})", path) from exc
 
@@ -154,12 +160,60 @@ def write_mrc(
     return path
 
 
-class StackWriter:
-    """Append images to an ``.mrcs`` stack without holding the stack in memory.
+@dataclass(frozen=True)
+class StackTarget:
+    """Where the images of a stack being written go: the file, its data offset (bytes), the box.
 
-    The file is created at its final size (``n`` images of ``box``×``box``) under a temporary
-    name, filled through a memory map, and renamed on :meth:`close`. Used by extraction so peak
-    memory does not grow with the number of particles.
+    Picklable, so worker processes can write their particles straight into the output stack with
+    :meth:`write` instead of sending them back to the parent (see :meth:`StackWriter.record`).
+    """
+
+    path: str
+    data_offset: int
+    box: int
+    dtype: str = "<f4"
+
+    def write(self, index: int, images: np.ndarray) -> tuple[int, float, float, float, float]:
+        """Write images (k, box, box) at 0-based image ``index``; return (k, min, max, sum, sum of squares)."""
+        import os
+
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 2:
+            images = images[None]
+        if images.shape[1:] != (self.box, self.box):
+            raise ValueError(f"stack {self.path} holds {self.box}x{self.box} images, got {images.shape[1:]}")
+        k = int(images.shape[0])
+        if k == 0:
+            return 0, np.inf, -np.inf, 0.0, 0.0
+        buf = np.ascontiguousarray(images, dtype=np.dtype(self.dtype))
+        view = memoryview(buf).cast("B")  # no copy of the batch
+        pos = self.data_offset + index * self.box * self.box * 4
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            while view:
+                written = os.pwrite(fd, view, pos)
+                view, pos = view[written:], pos + written
+        finally:
+            os.close(fd)
+        total = total_sq = 0.0
+        for im in images:  # float64 accumulation one image at a time (no batch-sized copy)
+            flat = im.ravel().astype(np.float64)
+            total += float(flat.sum())
+            total_sq += float(np.dot(flat, flat))
+        return k, float(images.min()), float(images.max()), total, total_sq
+
+
+class StackWriter:
+    """Write an ``.mrcs`` stack without holding it in memory.
+
+    The header is written by mrcfile for ``n`` images of ``box``×``box`` under a temporary name;
+    images then go in with plain positioned writes (not a memory map, whose dirty pages would
+    count towards the process's resident memory): appended with :meth:`write`, or written by
+    other processes through :attr:`target` at reserved indices and announced with
+    :meth:`record`. :meth:`close` closes gaps left by blocks never written (moving later images
+    down in order), patches the header (image count, min, max, mean, rms), truncates the file
+    and renames it into place. Used by extraction so peak memory does not grow with the number
+    of particles.
     """
 
     def __init__(self, path: str | Path, n: int, box: int, apix: float, force: bool = False) -> None:
@@ -168,39 +222,80 @@ class StackWriter:
         self.path = check_writable(path, force)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
-        self.n, self.box, self.apix = n, box, float(apix)
-        self._mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
-        self._mrc.set_image_stack()
-        self._mrc.voxel_size = self.apix
+        self.n, self.box, self.apix = int(n), int(box), float(apix)
+        # mrcfile writes a correct stack header; the (sparse) data block is filled later
+        with mrcfile.new_mmap(self.tmp, shape=(max(self.n, 1), self.box, self.box), mrc_mode=2, overwrite=True) as mrc:
+            mrc.set_image_stack()
+            mrc.voxel_size = self.apix
+            offset = int(mrc.header.nsymbt) + mrc.header.nbytes
+            self._header_dtype = mrc.header.dtype  # byte order as mrcfile wrote it
+            dtype = mrc.data.dtype.str
+        self.target = StackTarget(str(self.tmp), offset, self.box, dtype)
         self.count = 0
+        self._blocks: list[tuple[int, int]] = []  # (index, k) written
+        self._append_at = 0
+        self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
 
     def write(self, images: np.ndarray) -> None:
         """Append one image (box, box) or a batch (k, box, box)."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 2:
-            images = images[None]
-        k = images.shape[0]
-        if self.count + k > self.n:
+        images = np.asarray(images)
+        k = 1 if images.ndim == 2 else int(images.shape[0])
+        if self._append_at + k > self.n:
             raise ValueError(f"stack {self.path} is sized for {self.n} images")
-        self._mrc.data[self.count : self.count + k] = images
+        self.record(self._append_at, self.target.write(self._append_at, images))
+        self._append_at += k
+
+    def record(self, index: int, stats: tuple[int, float, float, float, float]) -> None:
+        """Account for ``stats`` = :meth:`StackTarget.write`'s result for a block written at ``index``."""
+        k, lo, hi, total, total_sq = stats
+        if index < 0 or index + k > self.n:
+            raise ValueError(f"stack {self.path} is sized for {self.n} images")
+        if k == 0:
+            return
+        self._blocks.append((int(index), int(k)))
+        self._min, self._max = min(self._min, lo), max(self._max, hi)
+        self._sum += total
+        self._sumsq += total_sq
         self.count += k
 
-    def close(self) -> Path:
-        """Finish: shrink to the images written, update header statistics, rename into place."""
+    def _compact(self) -> None:
+        """Move written blocks down over gaps, keeping their order (bounded 16 MiB copies)."""
         import os
 
-        if self.count < self.n:
-            data = np.array(self._mrc.data[: self.count])
-            self._mrc.close()
-            os.unlink(self.tmp)
-            with mrcfile.new(self.tmp, overwrite=True) as mrc:
-                mrc.set_data(data)
-                mrc.set_image_stack()
-                mrc.voxel_size = self.apix
-                mrc.update_header_stats()
-        else:
-            self._mrc.update_header_stats()
-            self._mrc.close()
+        step = self.box * self.box * 4
+        chunk = max(1, (16 << 20) // step)
+        fd = os.open(self.tmp, os.O_RDWR)
+        try:
+            dst = 0
+            for index, k in sorted(self._blocks):
+                if index != dst:
+                    for j in range(0, k, chunk):
+                        m = min(chunk, k - j)
+                        data = os.pread(fd, m * step, self.target.data_offset + (index + j) * step)
+                        os.pwrite(fd, data, self.target.data_offset + (dst + j) * step)
+                dst += k
+        finally:
+            os.close(fd)
+
+    def close(self) -> Path:
+        """Finish: close gaps, write header statistics, shrink to the images written, rename into place."""
+        import os
+
+        self._compact()
+        size = self.count * self.box * self.box
+        with open(self.tmp, "r+b") as fh:
+            header = np.frombuffer(bytearray(fh.read(self._header_dtype.itemsize)), dtype=self._header_dtype)
+            h = header[0]
+            h["nz"] = self.count
+            h["mz"] = self.count
+            h["cella"]["z"] = self.count * self.apix
+            if size:
+                mean = self._sum / size
+                h["dmin"], h["dmax"], h["dmean"] = self._min, self._max, mean
+                h["rms"] = float(np.sqrt(max(self._sumsq / size - mean * mean, 0.0)))
+            fh.seek(0)
+            fh.write(header.tobytes())
+            fh.truncate(self.target.data_offset + size * 4)
         os.replace(self.tmp, self.path)
         return self.path
 
@@ -208,11 +303,8 @@ class StackWriter:
         """Discard the partial stack."""
         import os
 
-        try:
-            self._mrc.close()
-        finally:
-            if self.tmp.exists():
-                os.unlink(self.tmp)
+        if self.tmp.exists():
+            os.unlink(self.tmp)
 
     def __enter__(self) -> "StackWriter":
         return self

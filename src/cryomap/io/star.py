@@ -109,8 +109,38 @@ def read_star(path: str | Path) -> StarTable:
             raise BadInputError(f"particles use optics groups {sorted(missing_groups)} not in data_optics", path)
         add = [c for c in optics.columns if c not in particles.columns or c == "rlnOpticsGroup"]
         particles = particles.merge(optics[add], on="rlnOpticsGroup", how="left", sort=False)
+    else:
+        particles = _upgrade_relion30(particles)
     extra = {k: v for k, v in blocks.items() if k not in (key, "optics")}
     return StarTable(particles=particles.reset_index(drop=True), optics=optics, path=path, extra_blocks=extra)
+
+
+def _upgrade_relion30(particles: pd.DataFrame) -> pd.DataFrame:
+    """Bring a RELION 3.0 table (no optics block) to the flat 3.1 form read_star returns.
+
+    Adds ``rlnOpticsGroup`` 1 and ``rlnOpticsGroupName``, derives ``rlnImagePixelSize`` (Å/px) as
+    ``rlnDetectorPixelSize`` (µm) × 1e4 / ``rlnMagnification`` when the file has no pixel size,
+    and moves the optics columns that are constant to the end, in the order :func:`write_star`
+    writes them, so that ``read_star(write_star(read_star(f)))`` equals ``read_star(f)``.
+    """
+    df = particles.copy()
+    if not len(df.columns):
+        return df
+    has_size = any(c in df for c in ("rlnImagePixelSize", "rlnPixelSize"))
+    if not has_size and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
+        det = pd.to_numeric(df["rlnDetectorPixelSize"], errors="coerce")
+        mag = pd.to_numeric(df["rlnMagnification"], errors="coerce")
+        apix = (det * 1e4 / mag).astype(float)
+        if apix.notna().all() and (apix > 0).all():
+            df["rlnImagePixelSize"] = apix.round(6)
+    if "rlnOpticsGroup" not in df:
+        df["rlnOpticsGroup"] = np.int64(1)
+    if "rlnOpticsGroupName" not in df:
+        df["rlnOpticsGroupName"] = pd.Series(
+            [f"opticsGroup{int(g)}" for g in df["rlnOpticsGroup"]], index=df.index, dtype=str)
+    optics, parts = split_optics(df)
+    moved = [c for c in df.columns if c in optics.columns and c != "rlnOpticsGroup"]
+    return df[list(parts.columns) + moved]
 
 
 def split_optics(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -131,8 +161,11 @@ def split_optics(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     if "rlnOpticsGroupName" not in optics:
         optics.insert(0, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
-    front = ["rlnOpticsGroupName", "rlnOpticsGroup"]
-    optics = optics[front + [c for c in optics.columns if c not in front]]
+    # keep the flat table's column order so that read_star appends the optics columns back where
+    # they were (read_star merges them in data_optics order); the group number leads.
+    order = [c for c in df.columns if c in optics.columns and c != "rlnOpticsGroup"]
+    added = [c for c in optics.columns if c not in order and c != "rlnOpticsGroup"]
+    optics = optics[["rlnOpticsGroup"] + added + order]
     parts = df.drop(columns=[c for c in constant if c != "rlnOpticsGroup"])
     return optics, parts
 
@@ -179,5 +212,11 @@ def image_locations(table: StarTable) -> tuple[np.ndarray, list[Path]]:
         i, s = parse_image_name(name)
         idx.append(i - 1)
         p = Path(s)
-        stacks.append(p if p.is_absolute() else base / p)
+        p = p if p.is_absolute() else base / p
+        if not p.exists() and p.suffix.lower() in (".mrc", ".mrcs"):
+            # cryoSPARC/pyem exports often name a stack .mrc that is .mrcs on disk (and vice versa)
+            other = p.with_suffix(".mrcs" if p.suffix.lower() == ".mrc" else ".mrc")
+            if other.exists():
+                p = other
+        stacks.append(p)
     return np.asarray(idx, dtype=np.int64), stacks

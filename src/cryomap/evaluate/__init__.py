@@ -1,0 +1,1 @@
+"""Scoring predicted maps: metrics, FSC, alignment, the physics reconstruction baseline, reports."""

@@ -1,0 +1,148 @@
+"""cryoSPARC ``.cs`` particle files (numpy structured arrays) as RELION-named tables.
+
+A ``.cs`` file is a numpy ``.npy`` structured array, one row per particle, with fields grouped by
+prefix (``blob/``, ``ctf/``, ``location/``, ``alignments2D/``, ``alignments3D/``). The fields
+cryomap reads and their units (cryoSPARC's own conventions):
+
+- ``blob/path`` (bytes) and ``blob/idx`` (0-based) → ``rlnImageName`` ``"idx+1@path"``.
+  cryoSPARC often names a stack ``*.mrc`` that is an ``.mrcs`` on disk (and vice versa); when the
+  named file is missing, :func:`resolve_blob_path` tries the other suffix beside the ``.cs`` file.
+- ``blob/psize_A`` Å/px → ``rlnImagePixelSize``; ``blob/shape`` (px) → ``rlnImageSize``.
+- ``ctf/df1_A``, ``ctf/df2_A`` **Å** → ``rlnDefocusU/V``; ``ctf/df_angle_rad`` radians →
+  ``rlnDefocusAngle`` degrees; ``ctf/accel_kv`` kV → ``rlnVoltage``; ``ctf/cs_mm`` mm →
+  ``rlnSphericalAberration``; ``ctf/amp_contrast`` → ``rlnAmplitudeContrast``;
+  ``ctf/phase_shift_rad`` radians → ``rlnPhaseShift`` degrees.
+- ``location/center_x_frac``, ``center_y_frac`` (fraction of the micrograph width/height) and
+  ``location/micrograph_shape`` (rows, cols) → ``rlnCoordinateX/Y`` in micrograph pixels;
+  ``location/micrograph_path`` → ``rlnMicrographName``.
+- ``alignments3D/pose`` is an axis-angle rotation vector (radians) → RELION ZYZ
+  ``rlnAngleRot/Tilt/Psi`` (degrees), following pyem's ``csparc2star`` (the RELION matrix is the
+  transpose of cryoSPARC's).
+- ``alignments3D/shift`` and ``alignments2D/shift`` are in **pixels of the blob** (not Å, unlike
+  ``ctf/*_A``): ``rlnOriginXAngst/YAngst = shift × blob/psize_A``. Reading them as Å is the
+  classic unit bug this module exists to avoid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryomap.errors import BadInputError
+
+
+def read_cs_array(path: str | Path) -> np.ndarray:
+    """Load the raw structured array of a ``.cs`` file (``allow_pickle=False``)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError("file not found", path)
+    try:
+        with open(path, "rb") as fh:
+            arr = np.load(fh, allow_pickle=False)
+    except Exception as exc:
+        raise BadInputError(f"not a readable cryoSPARC .cs file ({exc})", path) from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.names is None:
+        raise BadInputError("not a cryoSPARC .cs file (no structured fields)", path)
+    return arr
+
+
+def _text(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _euler_zyz_from_rotvec(rotvec: np.ndarray) -> np.ndarray:
+    """RELION (rot, tilt, psi) degrees from cryoSPARC axis-angle vectors (n, 3), as pyem does.
+
+    pyem's ``csparc2star`` takes the matrix ``expmap(pose)`` as RELION's Euler matrix ``A``.
+    RELION builds ``A = Rz(psi) Ry(tilt) Rz(rot)`` from passive rotations, which equals the
+    transpose of scipy's active intrinsic ``ZYZ`` matrix of (rot, tilt, psi); hence the angles are
+    scipy's ``ZYZ`` Euler angles of ``A^T``, i.e. of the inverse rotation vector.
+    Not validated against a cryoSPARC refinement here (the reference .cs has no poses).
+    """
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(rotvec).inv().as_euler("ZYZ", degrees=True)
+
+
+def cs_to_dataframe(arr: np.ndarray, cs_path: Path | None = None) -> pd.DataFrame:
+    """Convert a cryoSPARC structured array into a flat RELION-named DataFrame (units in the module doc)."""
+    names = set(arr.dtype.names or ())
+    df = pd.DataFrame(index=pd.RangeIndex(len(arr)))
+    if "uid" in names:
+        df["csUid"] = arr["uid"].astype(np.uint64).astype(str)
+    if {"blob/path", "blob/idx"} <= names:
+        paths = _text(arr["blob/path"])
+        df["rlnImageName"] = [f"{int(i) + 1:06d}@{p}" for i, p in zip(arr["blob/idx"], paths)]
+    if "location/micrograph_path" in names:
+        df["rlnMicrographName"] = _text(arr["location/micrograph_path"])
+    if {"location/center_x_frac", "location/center_y_frac", "location/micrograph_shape"} <= names:
+        shape = np.asarray(arr["location/micrograph_shape"], dtype=float)  # (rows, cols)
+        df["rlnCoordinateX"] = np.asarray(arr["location/center_x_frac"], float) * shape[:, 1]
+        df["rlnCoordinateY"] = np.asarray(arr["location/center_y_frac"], float) * shape[:, 0]
+    ctf = {
+        "ctf/df1_A": ("rlnDefocusU", 1.0),
+        "ctf/df2_A": ("rlnDefocusV", 1.0),
+        "ctf/df_angle_rad": ("rlnDefocusAngle", 180.0 / np.pi),
+        "ctf/phase_shift_rad": ("rlnPhaseShift", 180.0 / np.pi),
+        "ctf/bfactor": ("rlnCtfBfactor", 1.0),
+        "ctf/scale": ("rlnCtfScalefactor", 1.0),
+    }
+    for field, (col, factor) in ctf.items():
+        if field in names:
+            df[col] = np.asarray(arr[field], dtype=float) * factor
+    apix = np.asarray(arr["blob/psize_A"], dtype=float) if "blob/psize_A" in names else None
+    for prefix in ("alignments3D", "alignments2D"):
+        if f"{prefix}/pose" in names and prefix == "alignments3D":
+            angles = _euler_zyz_from_rotvec(np.asarray(arr[f"{prefix}/pose"], dtype=float))
+            df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = angles.T
+        if f"{prefix}/pose" in names and prefix == "alignments2D" and "rlnAnglePsi" not in df:
+            df["rlnAnglePsi"] = np.degrees(np.asarray(arr[f"{prefix}/pose"], dtype=float)).reshape(len(arr))
+        if f"{prefix}/shift" in names and "rlnOriginXAngst" not in df:
+            shift_px = np.asarray(arr[f"{prefix}/shift"], dtype=float)  # pixels of the blob, NOT Å
+            if apix is None:
+                df["rlnOriginX"], df["rlnOriginY"] = shift_px[:, 0], shift_px[:, 1]
+            else:
+                df["rlnOriginXAngst"] = shift_px[:, 0] * apix
+                df["rlnOriginYAngst"] = shift_px[:, 1] * apix
+        if f"{prefix}/class" in names and "rlnClassNumber" not in df:
+            df["rlnClassNumber"] = np.asarray(arr[f"{prefix}/class"], dtype=np.int64) + 1
+    optics = {
+        "ctf/accel_kv": "rlnVoltage",
+        "ctf/cs_mm": "rlnSphericalAberration",
+        "ctf/amp_contrast": "rlnAmplitudeContrast",
+    }
+    for field, col in optics.items():
+        if field in names:
+            df[col] = np.asarray(arr[field], dtype=float)
+    if apix is not None:
+        df["rlnImagePixelSize"] = np.round(apix, 6)
+    if "blob/shape" in names:
+        df["rlnImageSize"] = np.asarray(arr["blob/shape"])[:, 0].astype(np.int64)
+    if "ctf/exp_group_id" in names:
+        df["rlnOpticsGroup"] = np.asarray(arr["ctf/exp_group_id"], dtype=np.int64)
+    return df
+
+
+def read_cs(path: str | Path) -> pd.DataFrame:
+    """Read a cryoSPARC ``.cs`` particle file as a flat RELION-named table (see module doc for units)."""
+    path = Path(path)
+    return cs_to_dataframe(read_cs_array(path), path)
+
+
+def resolve_blob_path(blob_path: str | Path, cs_path: str | Path) -> Path:
+    """Find the stack a ``blob/path`` names, beside the ``.cs`` file; ``.mrc`` ↔ ``.mrcs`` tolerated.
+
+    Tries the path as written (relative to the ``.cs`` folder), then its file name in that folder,
+    each with ``.mrc`` and ``.mrcs``. Raises :class:`BadInputError` when none exists.
+    """
+    blob = Path(str(blob_path))
+    base = Path(cs_path).parent
+    candidates = []
+    for p in (blob if blob.is_absolute() else base / blob, base / blob.name):
+        candidates += [p, p.with_suffix(".mrcs"), p.with_suffix(".mrc")]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise BadInputError(f"particle stack named in blob/path ({blob}) is not on disk", cs_path)

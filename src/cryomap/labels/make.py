@@ -1,0 +1,82 @@
+"""One label from one map: resample → box → normalise → (threshold)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cryomap.errors import BadInputError
+from cryomap.io.mrc import MrcData, read_map, write_mrc
+from cryomap.labels.box import MoleculeDoesNotFitError, box_origin_shift, fit_box
+from cryomap.labels.normalize import normalize_map, threshold_map
+from cryomap.labels.resample import resample_with_origin
+
+
+def make_label(
+    map: MrcData,  # noqa: A002 - the contract's name
+    apix: float = 1.0,
+    box: int = 128,
+    threshold: float | None = None,
+    *,
+    level: float | None = None,
+) -> MrcData:
+    """Turn a density map into a training label on a ``box``^3 grid of ``apix`` Å/voxel.
+
+    Steps, in the report's order: Fourier resampling to ``apix`` (centred; see
+    :mod:`cryomap.labels.resample`), centred crop/zero-pad to ``box``^3 (refusing a molecule that
+    does not fit, see :mod:`cryomap.labels.box`; ``level`` overrides the contour in map units),
+    cryo2struct normalisation to [0, 1], then, if ``threshold`` is given, 0/1 binarisation
+    (``>= threshold`` → 1). The returned origin (Å) keeps the density where it was in space.
+    """
+    if map.data.ndim != 3:
+        raise ValueError(f"expected a 3D map, got shape {map.data.shape}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold applies to the normalised map and must lie in [0, 1], got {threshold}")
+    data, origin = resample_with_origin(map.data, map.apix, apix, map.origin)
+    if level is not None:
+        # the contour is given in the input map's units; Fourier resampling keeps values (preserve mean)
+        level = float(level)
+    boxed = fit_box(data, box, apix=apix, level=level)
+    shift = box_origin_shift(data.shape, box, apix)
+    origin = (origin[0] + shift[0], origin[1] + shift[1], origin[2] + shift[2])
+    label = normalize_map(boxed)
+    if threshold is not None:
+        label = threshold_map(label, threshold)
+    return MrcData(label.astype(np.float32), float(apix), origin)
+
+
+def make_label_file(
+    map_path: str | Path,
+    out_path: str | Path,
+    *,
+    apix: float = 1.0,
+    box: int = 128,
+    threshold: float | None = None,
+    in_apix: float | None = None,
+    level: float | None = None,
+    force: bool = False,
+) -> MrcData:
+    """Read ``map_path``, :func:`make_label` it and write ``out_path`` (MRC, atomically).
+
+    ``in_apix`` (Å/voxel) overrides the header and is required when the header holds none.
+    Errors name the map file.
+    """
+    from cryomap.io.atomic import check_writable
+
+    map_path = Path(map_path)
+    check_writable(out_path, force)
+    try:
+        src = read_map(map_path, apix=in_apix)
+    except BadInputError as err:
+        if in_apix is None and "voxel size" in err.message:
+            raise BadInputError("header holds no voxel size (cell is 0); give it with --in-apix", map_path) from err
+        raise
+    try:
+        label = make_label(src, apix=apix, box=box, threshold=threshold, level=level)
+    except MoleculeDoesNotFitError as err:
+        raise MoleculeDoesNotFitError(err.message, err.needed_box, map_path) from err
+    except ValueError as err:
+        raise BadInputError(str(err), map_path) from err
+    write_mrc(out_path, label.data, label.apix, origin=label.origin, force=force)
+    return label

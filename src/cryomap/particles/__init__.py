@@ -1,0 +1,1 @@
+"""Particle extraction and particle-stack helpers."""

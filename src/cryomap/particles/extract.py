@@ -1,0 +1,517 @@
+"""Particle extraction: micrographs + coordinates → one ``.mrcs`` stack and a RELION 3.1 STAR.
+
+``extract_particles(source, out_dir, box, ...)`` reads a CryoPPP folder (see
+:mod:`cryomap.io.cryoppp`) or a STAR file naming micrographs and coordinates, cuts a box around
+every particle, optionally Fourier-bins it, normalises it the way RELION does and streams it into
+``out_dir/particles.mrcs`` micrograph by micrograph, so peak memory does not grow with the number
+of micrographs or particles. ``out_dir/particles.star`` carries every per-particle column the
+source had (CTF, poses, origins, classes) plus the optics block, with the pixel size after binning.
+
+Choices where the spec is silent (also in docs/io_extract.md):
+
+- Default box: the smallest even integer ≥ 1.5 × particle diameter (``--diameter`` or the
+  CryoPPP CSV ``Diameter`` column, median over the dataset).
+- Fractional coordinates are rounded to the nearest pixel; the sub-pixel remainder is written
+  into ``rlnOriginXAngst/YAngst`` (RELION: particle centre = coordinate − origin), so the
+  particle's known centre is exact; ``rlnCoordinateX/Y`` hold the integer centre used.
+- ``--bg-radius`` is in pixels of the output (binned) box; default 0.75 × out_box / 2.
+- ``--bin F``: output box = round(box / F) (must be even), pixel size × box / out_box.
+- Pixel size: ``--apix``, else the micrograph header, else the STAR (``rlnMicrographPixelSize``,
+  then ``rlnImagePixelSize``); JPEG/PNG micrographs without any of these are written with 1.0
+  Å/px and the summary says so (``ExtractResult.apix_known`` is False).
+- Folder sources with both CSV coordinates and a STAR: each CSV particle takes the columns of the
+  STAR row of the same micrograph nearest to it (within 2 px) and that row's exact coordinate;
+  CTF columns of unmatched particles take the micrograph's median; any other carried column that
+  would be left empty for some particle is dropped (named in ``notes``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryomap.errors import BadInputError, CryomapError
+
+#: Columns extraction writes itself (never carried over from the source).
+REWRITTEN = ("rlnImageName", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality",
+             "rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName", "rlnCryomapEdgePadded",
+             "rlnMicrographPixelSize")
+#: CTF columns that may be filled with the micrograph median for particles without a STAR match.
+CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
+               "rlnCtfScalefactor", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+#: Pixel distance within which a CSV coordinate and a STAR row are the same particle.
+MATCH_TOLERANCE_PX = 2.0
+STACK_NAME = "particles.mrcs"
+STAR_NAME = "particles.star"
+
+
+@dataclass
+class MicrographJob:
+    """One micrograph to extract: its file, the name to write, and its particle rows (x, y + carried columns)."""
+
+    path: Path
+    name: str
+    rows: pd.DataFrame
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction wrote and skipped."""
+
+    stack_path: Path
+    star_path: Path
+    n_micrographs: int
+    n_particles: int
+    n_skipped_edge: int
+    n_padded: int
+    box: int
+    out_box: int
+    apix: float
+    apix_known: bool
+    seconds: float
+    skipped_micrographs: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        """The one-line summary the CLI prints."""
+        line = (f"extracted {self.n_particles} particles ({self.out_box} px, {self.apix:.4g} Å/px) from "
+                f"{self.n_micrographs} micrographs in {self.seconds:.1f} s; {self.n_skipped_edge} skipped at the edge"
+                + (f", {self.n_padded} padded" if self.n_padded else ""))
+        if self.skipped_micrographs:
+            line += f"; {len(self.skipped_micrographs)} bad micrographs skipped: " + "; ".join(
+                f"{name} ({why})" for name, why in self.skipped_micrographs)
+        if not self.apix_known:
+            line += "; pixel size unknown (JPEG/PNG without --apix): wrote 1.0 Å/px"
+        for note in self.notes:
+            line += f"; {note}"
+        return line + f" -> {self.stack_path.parent}"
+
+
+# --------------------------------------------------------------------------- planning
+
+def default_box(diameter_px: float) -> int:
+    """Smallest even box (px) ≥ 1.5 × diameter (px)."""
+    b = int(math.ceil(1.5 * float(diameter_px)))
+    return b + (b % 2)
+
+
+def _match_star_rows(coords: pd.DataFrame, star_rows: pd.DataFrame | None, notes: set[str]) -> pd.DataFrame:
+    """Attach STAR columns to CSV coordinates of one micrograph by nearest coordinate (≤ 2 px)."""
+    out = coords[["x", "y"]].copy().reset_index(drop=True)
+    if "diameter" in coords:
+        out["diameter"] = coords["diameter"].to_numpy()
+    if star_rows is None or not len(star_rows) or not {"rlnCoordinateX", "rlnCoordinateY"} <= set(star_rows.columns):
+        return out
+    from scipy.spatial import cKDTree
+
+    sx = star_rows["rlnCoordinateX"].to_numpy(float)
+    sy = star_rows["rlnCoordinateY"].to_numpy(float)
+    dist, idx = cKDTree(np.column_stack([sx, sy])).query(out[["x", "y"]].to_numpy(float), k=1)
+    matched = dist <= MATCH_TOLERANCE_PX
+    carry = [c for c in star_rows.columns if c not in REWRITTEN]
+    picked = star_rows.iloc[np.where(matched, idx, 0)][carry].reset_index(drop=True)
+    for c in carry:
+        if matched.all():
+            out[c] = picked[c]  # keeps the STAR's dtypes (integers stay integers)
+            continue
+        col = picked[c].astype(object) if picked[c].dtype.kind not in "fiub" else picked[c].astype(float)
+        col[~matched] = np.nan
+        out[c] = col
+    out.loc[matched, "x"] = sx[idx[matched]]
+    out.loc[matched, "y"] = sy[idx[matched]]
+    if not matched.all():
+        for c in CTF_COLUMNS:
+            if c in star_rows and star_rows[c].dtype.kind in "fiu":
+                out.loc[~matched, c] = float(star_rows[c].median())
+    return out
+
+
+def _plan_folder(root: Path, notes: set[str]) -> tuple[list[MicrographJob], pd.DataFrame | None]:
+    from cryomap.io.coords import read_coordinates
+    from cryomap.io.cryoppp import discover
+
+    ds = discover(root)
+    jobs = []
+    for entry in ds.usable:
+        if entry.coordinates is not None:
+            coords = read_coordinates(entry.coordinates)
+            rows = _match_star_rows(coords, entry.star_rows, notes)
+            extra = [c for c in coords.columns if c not in rows.columns and c not in REWRITTEN]
+            if extra and entry.star_rows is None:  # a per-micrograph STAR coordinate file: keep its columns
+                rows = pd.concat([rows, coords[extra].reset_index(drop=True)], axis=1)
+        else:
+            star_rows = entry.star_rows
+            rows = star_rows.rename(columns={"rlnCoordinateX": "x", "rlnCoordinateY": "y"})
+            if not {"x", "y"} <= set(rows.columns):
+                raise BadInputError("STAR file has no coordinate columns (rlnCoordinateX, rlnCoordinateY)", ds.star_path)
+            rows = rows[[c for c in rows.columns if c not in REWRITTEN]].reset_index(drop=True)
+        try:
+            name = str(entry.micrograph.relative_to(root))
+        except ValueError:
+            name = str(entry.micrograph)
+        jobs.append(MicrographJob(entry.micrograph, name, rows))
+    if not jobs:
+        raise BadInputError("no micrograph has coordinates: " + "; ".join(ds.missing[:3]), root)
+    return jobs, ds.star
+
+
+def _resolve_micrograph(name: str, star_path: Path) -> Path | None:
+    """Find a micrograph named in a STAR file: as written (relative to the STAR's folder or its
+    parent), then by :func:`micrograph_key` in ``micrographs/`` beside those folders."""
+    from cryomap.io.cryoppp import micrograph_key
+
+    p = Path(name)
+    bases = [star_path.parent, star_path.parent.parent]
+    if p.is_absolute() and p.exists():
+        return p
+    for base in bases:
+        if (base / p).is_file():
+            return base / p
+    key = micrograph_key(name)
+    for base in bases:
+        for folder in (base / "micrographs", base):
+            found = _micrographs_by_key(folder).get(key)
+            if found is not None:
+                return found
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _micrographs_by_key(folder: Path) -> dict[str, Path]:
+    """Micrograph files of a folder by :func:`micrograph_key` (listed once per run, not per STAR row)."""
+    from cryomap.io.cryoppp import micrograph_key
+    from cryomap.io.micrograph import MICROGRAPH_SUFFIXES
+
+    if not folder.is_dir():
+        return {}
+    out: dict[str, Path] = {}
+    for q in sorted(folder.iterdir()):
+        if q.suffix.lower() in MICROGRAPH_SUFFIXES:
+            out.setdefault(micrograph_key(q), q)
+    return out
+
+
+def _plan_star(star_path: Path, skip_bad: bool, skipped: list[tuple[str, str]]) -> tuple[list[MicrographJob], pd.DataFrame]:
+    from cryomap.io.star import read_star
+
+    table = read_star(star_path).particles
+    need = {"rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName"}
+    if not need <= set(table.columns):
+        raise BadInputError(f"STAR file has no coordinate columns (needs {', '.join(sorted(need))})", star_path)
+    jobs = []
+    for name, rows in table.groupby("rlnMicrographName", sort=False):
+        path = _resolve_micrograph(str(name), star_path)
+        if path is None:
+            if skip_bad:
+                skipped.append((str(name), "not on disk"))
+                continue
+            raise BadInputError(f"micrograph {name} named in the STAR file is not on disk", star_path)
+        rows = rows.rename(columns={"rlnCoordinateX": "x", "rlnCoordinateY": "y"})
+        rows = rows[[c for c in rows.columns if c not in REWRITTEN]].reset_index(drop=True)
+        jobs.append(MicrographJob(path, str(name), rows))
+    return jobs, table
+
+
+def _star_apix(table: pd.DataFrame | None) -> float | None:
+    if table is None:
+        return None
+    for col in ("rlnMicrographPixelSize", "rlnImagePixelSize"):
+        if col in table:
+            vals = pd.to_numeric(table[col], errors="coerce").dropna().unique()
+            if len(vals) == 1 and vals[0] > 0:
+                return float(vals[0])
+    return None
+
+
+# --------------------------------------------------------------------------- per-micrograph work
+
+@dataclass
+class _Params:
+    box: int
+    out_box: int
+    edge: str
+    bg_radius: float
+    invert: bool
+
+
+@dataclass
+class _Prepared:
+    """A job after the header pre-pass: integer centres, which boxes are kept, where they go in the stack."""
+
+    job: MicrographJob
+    xi: np.ndarray
+    yi: np.ndarray
+    kept: np.ndarray
+    padded: np.ndarray
+    apix: float | None
+    index: int = 0
+
+
+def _prepare(job: MicrographJob, p: _Params) -> _Prepared:
+    """Header-only checks of one micrograph: readable header, coordinates inside, edge policy."""
+    from cryomap.io.micrograph import micrograph_info
+    from cryomap.particles.boxes import box_fits
+
+    info = micrograph_info(job.path)
+    rows, cols = info.shape
+    x, y = job.rows["x"].to_numpy(float), job.rows["y"].to_numpy(float)
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    outside = (xi < 0) | (yi < 0) | (xi >= cols) | (yi >= rows)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise BadInputError(
+            f"{int(outside.sum())} particle coordinates lie outside the {cols}x{rows} image "
+            f"(first: x={x[i]:g}, y={y[i]:g} px)", job.path)
+    fits = box_fits(xi, yi, p.box, info.shape)
+    kept = fits if p.edge == "skip" else np.ones(len(xi), dtype=bool)
+    return _Prepared(job, xi, yi, kept, kept & ~fits, info.apix)
+
+
+def extract_micrograph(path: Path, xi: np.ndarray, yi: np.ndarray, p: _Params, target, index: int,
+                       n_expected: int) -> dict:
+    """Read one micrograph, cut/bin/normalise its particles and write them into the stack at ``index``.
+
+    Runs in a worker process: the images go straight into the output file through ``target``
+    (a :class:`~cryomap.io.mrc.StackTarget`), only statistics come back (a picklable dict with
+    ``stats`` for :meth:`StackWriter.record`, or ``error`` and ``path``).
+    """
+    from cryomap.io.micrograph import read_micrograph
+    from cryomap.particles.boxes import cut_boxes, fourier_bin, normalize_background
+
+    try:
+        mic = read_micrograph(path, mmap=True)
+        images, kept, _ = cut_boxes(mic.data, xi, yi, p.box, p.edge, p.bg_radius * p.box / p.out_box)
+        del mic
+        if len(images) != n_expected:
+            raise BadInputError(f"image size differs from its header ({len(images)} boxes fit, header says {n_expected})", path)
+        images = fourier_bin(images, p.out_box)
+        images = normalize_background(images, p.bg_radius, p.invert, inplace=True)
+        return {"stats": target.write(index, images)}
+    except CryomapError as err:
+        return {"error": err.message, "path": str(err.path or path)}
+
+
+def _worker_init() -> None:
+    """One thread per worker process (set before torch/numpy start their pools; torch is not imported
+    here, it loads only if --bin needs it)."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def _run_jobs(prepared: list[_Prepared], params: _Params, target, workers: int):
+    """Yield (prepared job, result) in job order; with workers > 1 a spawn process pool, bounded window."""
+    def args(pj: _Prepared):
+        return (pj.job.path, pj.xi, pj.yi, params, target, pj.index, int(pj.kept.sum()))
+
+    if workers <= 1:
+        for pj in prepared:
+            yield pj, extract_micrograph(*args(pj))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    window = 2 * workers  # micrographs in flight stay bounded
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        pending: list[tuple[_Prepared, Future]] = []
+        for pj in prepared:
+            pending.append((pj, pool.submit(extract_micrograph, *args(pj))))
+            if len(pending) >= window:
+                done, fut = pending.pop(0)
+                yield done, fut.result()
+        for done, fut in pending:
+            yield done, fut.result()
+
+
+def _file_apix(path: Path) -> float | None:
+    from cryomap.io.micrograph import micrograph_info
+
+    return micrograph_info(path).apix
+
+
+# --------------------------------------------------------------------------- main entry
+
+def extract_particles(
+    source: str | Path,
+    out_dir: str | Path,
+    box: int | None = None,
+    *,
+    diameter: float | None = None,
+    bin_factor: float = 1.0,
+    invert: bool = False,
+    edge: str = "skip",
+    bg_radius: float | None = None,
+    workers: int = 1,
+    skip_bad: bool = False,
+    apix: float | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ExtractResult:
+    """Extract particles from a CryoPPP folder or a STAR file into ``out_dir``.
+
+    Parameters (units): ``box`` px of the micrograph (even; default from ``diameter``, see module
+    doc), ``diameter`` px, ``bin_factor`` ≥ 1 (Fourier crop), ``bg_radius`` px of the output box,
+    ``apix`` Å/px of the micrographs (overrides headers). ``edge`` is ``"skip"`` or ``"pad"``.
+    Writes ``particles.mrcs`` + ``particles.star`` atomically into ``out_dir`` (a folder that must
+    not exist unless ``force``). Raises :class:`BadInputError` for bad input, naming the file; a
+    run that writes no particles is an error.
+    """
+    from cryomap.io.atomic import atomic_dir, check_writable
+    from cryomap.io.mrc import StackWriter
+    from cryomap.io.star import format_image_name, write_star
+    from cryomap.particles.boxes import EDGE_POLICIES
+    from cryomap.progress import progress_bar
+
+    t0 = time.perf_counter()
+    _micrographs_by_key.cache_clear()
+    source, out_dir = Path(source), Path(out_dir)
+    if edge not in EDGE_POLICIES:
+        raise BadInputError(f"edge policy must be one of {', '.join(EDGE_POLICIES)}, got {edge!r}", source)
+    check_writable(out_dir, force)
+    if not source.exists():
+        raise BadInputError("not found", source)
+    notes: set[str] = set()
+    skipped: list[tuple[str, str]] = []
+    if source.is_dir():
+        jobs, star_table = _plan_folder(source, notes)
+    elif source.suffix.lower() == ".star":
+        jobs, star_table = _plan_star(source, skip_bad, skipped)
+    else:
+        raise BadInputError("extract needs a CryoPPP dataset folder or a .star file", source)
+
+    if box is None:
+        if diameter is None:
+            diams = pd.concat([j.rows["diameter"] for j in jobs if "diameter" in j.rows], ignore_index=True) \
+                if any("diameter" in j.rows for j in jobs) else pd.Series(dtype=float)
+            diams = pd.to_numeric(diams, errors="coerce").dropna()
+            if not len(diams):
+                raise BadInputError("no particle diameter in the coordinates; give --box or --diameter", source)
+            diameter = float(diams.median())
+        box = default_box(diameter)
+    box = int(box)
+    if box <= 0 or box % 2:
+        raise BadInputError(f"box must be a positive even number of pixels (RELION convention), got {box}", source)
+    if bin_factor < 1:
+        raise BadInputError(f"--bin must be ≥ 1 (downsampling only), got {bin_factor}", source)
+    out_box = int(round(box / bin_factor))
+    if out_box % 2 or out_box < 4:
+        raise BadInputError(f"box {box} / bin {bin_factor} gives {out_box} px; choose a bin giving an even box ≥ 4", source)
+    if bg_radius is None:
+        bg_radius = 0.75 * out_box / 2
+    if not 0 < bg_radius < out_box * math.sqrt(2) / 2:
+        raise BadInputError(f"--bg-radius {bg_radius} px leaves no background in a {out_box} px box", source)
+    params = _Params(box=box, out_box=out_box, edge=edge, bg_radius=float(bg_radius), invert=invert)
+
+    # header pre-pass: shapes, coordinates inside, kept boxes -> exact place of every particle
+    prepared: list[_Prepared] = []
+    for job in jobs:
+        try:
+            prepared.append(_prepare(job, params))
+        except CryomapError as err:
+            if not skip_bad:
+                raise
+            skipped.append((job.name, err.message))
+    # pixel size: --apix, else the micrograph headers (which must agree), else the STAR
+    apix_known = True
+    header_apix = [pj.apix for pj in prepared if pj.apix is not None]
+    mic_apix = apix if apix is not None else (header_apix[0] if header_apix else _star_apix(star_table))
+    if apix is None and header_apix:
+        for pj in prepared:
+            if pj.apix is not None and abs(pj.apix - mic_apix) > 1e-3 * mic_apix:
+                raise BadInputError(
+                    f"pixel size {pj.apix:g} Å/px differs from {mic_apix:g} Å/px of the other micrographs", pj.job.path)
+    if mic_apix is None:
+        mic_apix, apix_known = 1.0, False
+    out_apix = mic_apix * box / out_box
+    n_total = 0
+    for pj in prepared:
+        pj.index = n_total
+        n_total += int(pj.kept.sum())
+    if n_total == 0:
+        raise BadInputError(
+            "no particles were written (every box left the micrograph or every micrograph was bad"
+            + (": " + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) if skipped else "") + ")", source)
+
+    frames: list[pd.DataFrame] = []
+    n_edge = n_padded = n_done_mics = n_written = 0
+    with atomic_dir(out_dir, force=force) as tmp_dir:
+        writer = StackWriter(tmp_dir / STACK_NAME, n=n_total, box=out_box, apix=out_apix)
+        try:
+            with progress_bar() as bar:
+                task = bar.add_task("extracting", total=len(prepared), visible=progress)
+                for pj, res in _run_jobs(prepared, params, writer.target, workers):
+                    bar.advance(task)
+                    if "error" in res:
+                        if skip_bad:
+                            skipped.append((pj.job.name, res["error"]))
+                            continue
+                        raise BadInputError(res["error"], res["path"])
+                    writer.record(pj.index, res["stats"])
+                    rows = _output_rows(pj, mic_apix)
+                    rows.insert(0, "rlnImageName", [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))])
+                    if edge == "pad":
+                        rows["rlnCryomapEdgePadded"] = pj.padded[pj.kept].astype(np.int64)
+                    frames.append(rows)
+                    n_written += len(rows)
+                    n_edge += int((~pj.kept).sum())
+                    n_padded += int(pj.padded.sum())
+                    n_done_mics += 1
+            if n_written == 0:
+                raise BadInputError(
+                    "no particles were written (every micrograph was bad: "
+                    + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) + ")", source)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        table = _finish_table(pd.concat(frames, ignore_index=True), mic_apix, out_apix, out_box, notes)
+        write_star(tmp_dir / STAR_NAME, table)
+    return ExtractResult(
+        stack_path=out_dir / STACK_NAME, star_path=out_dir / STAR_NAME, n_micrographs=n_done_mics,
+        n_particles=int(len(table)), n_skipped_edge=n_edge, n_padded=n_padded, box=box, out_box=out_box,
+        apix=out_apix, apix_known=apix_known, seconds=time.perf_counter() - t0,
+        skipped_micrographs=skipped, notes=sorted(notes))
+
+
+def _output_rows(pj: _Prepared, mic_apix: float) -> pd.DataFrame:
+    """Metadata rows of the kept particles: integer centre, sub-pixel remainder moved into the origin."""
+    kept = pj.kept
+    src = pj.job.rows.loc[kept].reset_index(drop=True)
+    x, y = src["x"].to_numpy(float), src["y"].to_numpy(float)
+    xi, yi = pj.xi[kept].astype(float), pj.yi[kept].astype(float)
+    out = src.drop(columns=[c for c in ("x", "y", "diameter") if c in src.columns])
+    out.insert(0, "rlnMicrographName", pj.job.name)
+    out.insert(0, "rlnCoordinateY", yi)
+    out.insert(0, "rlnCoordinateX", xi)
+    dx, dy = x - xi, y - yi
+    if "rlnOriginXAngst" in out or np.any(dx != 0) or np.any(dy != 0):
+        # RELION: particle centre (px) = coordinate - origin/apix; keep that centre exact.
+        ox = out["rlnOriginXAngst"].to_numpy(float) if "rlnOriginXAngst" in out else np.zeros(len(out))
+        oy = out["rlnOriginYAngst"].to_numpy(float) if "rlnOriginYAngst" in out else np.zeros(len(out))
+        out["rlnOriginXAngst"] = ox - dx * mic_apix
+        out["rlnOriginYAngst"] = oy - dy * mic_apix
+    return out
+
+
+def _finish_table(table: pd.DataFrame, mic_apix: float, out_apix: float, out_box: int, notes: set[str]) -> pd.DataFrame:
+    """Drop carried columns left empty for some particles, add the optics columns."""
+    empty = [c for c in table.columns if table[c].isna().any()]
+    if empty:
+        notes.add("dropped columns missing for some particles: " + ", ".join(empty))
+        table = table.drop(columns=empty)
+    if "rlnOpticsGroup" not in table:
+        table["rlnOpticsGroup"] = np.int64(1)
+    table["rlnOpticsGroup"] = table["rlnOpticsGroup"].astype(np.int64)
+    table["rlnMicrographPixelSize"] = round(float(mic_apix), 6)
+    table["rlnImagePixelSize"] = round(float(out_apix), 6)
+    table["rlnImageSize"] = np.int64(out_box)
+    table["rlnImageDimensionality"] = np.int64(2)
+    return table

@@ -1,0 +1,151 @@
+"""Contrast transfer function from RELION parameters, computed with torch-ctf.
+
+RELION units in, torch-ctf units inside: ``defocus_u/v`` Å (positive = underfocus, U ≥ V after
+:func:`normalise_defocus`), ``angle`` degrees from the image x axis to the U direction, voltage
+kV, Cs mm, amplitude contrast as a fraction, B-factor Å² (envelope ``exp(−B s² / 4)``). The sign
+is RELION's: positive at low frequency, so ``CTF · projection`` shows the molecule bright
+(the convention of the STAR file and of contrast-inverted extracted particles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class CtfParams:
+    """Per-particle CTF parameters (arrays of length N, or scalars), RELION units."""
+
+    defocus_u: np.ndarray  # Å
+    defocus_v: np.ndarray  # Å
+    angle: np.ndarray  # degrees
+    voltage: float = 300.0  # kV
+    cs: float = 2.7  # mm
+    amplitude_contrast: float = 0.1
+    bfactor: float = 0.0  # Å²
+
+    def as_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+
+
+def normalise_defocus(u: np.ndarray, v: np.ndarray, angle: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order defoci so U ≥ V (swapping turns the astigmatism axis by 90°), angle wrapped to [-180, 180)."""
+    u, v, angle = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(u, v, angle))
+    swap = v > u
+    u2, v2 = np.where(swap, v, u), np.where(swap, u, v)
+    a2 = np.where(swap, angle + 90.0, angle)
+    return u2, v2, (a2 + 180.0) % 360.0 - 180.0
+
+
+def ctf_2d(
+    defocus_u: np.ndarray | float,
+    defocus_v: np.ndarray | float,
+    angle: np.ndarray | float,
+    *,
+    voltage: float,
+    cs: float,
+    amplitude_contrast: float,
+    apix: float,
+    shape: tuple[int, int],
+    bfactor: float = 0.0,
+    rfft: bool = True,
+) -> torch.Tensor:
+    """CTF images (N, h, w//2+1) (``rfft``) or (N, h, w), un-shifted (DC at [0, 0]) as ``torch.fft`` lays them out."""
+    from torch_ctf import calculate_ctf_2d
+
+    u, v, a = normalise_defocus(np.atleast_1d(defocus_u), np.atleast_1d(defocus_v), np.atleast_1d(angle))
+    ctf = calculate_ctf_2d(
+        defocus=torch.as_tensor((u + v) / 2.0 * 1e-4, dtype=torch.float32),
+        astigmatism=torch.as_tensor((u - v) / 2.0 * 1e-4, dtype=torch.float32),
+        astigmatism_angle=torch.as_tensor(a, dtype=torch.float32),
+        voltage=float(voltage),
+        spherical_aberration=float(cs),
+        amplitude_contrast=float(amplitude_contrast),
+        phase_shift=0.0,
+        pixel_size=float(apix),
+        image_shape=tuple(shape),
+        rfft=rfft,
+        fftshift=False,
+    )
+    if bfactor:
+        fy = torch.fft.fftfreq(shape[0]) / apix
+        fx = (torch.fft.rfftfreq(shape[1]) if rfft else torch.fft.fftfreq(shape[1])) / apix
+        s2 = fy[:, None] ** 2 + fx[None, :] ** 2
+        ctf = ctf * torch.exp(-float(bfactor) * s2 / 4.0)
+    return ctf
+
+
+def pad_centred(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad (N, D, D) images to (N, size, size) keeping pixel D//2 at size//2."""
+    d = images.shape[-1]
+    if size == d:
+        return images
+    out = images.new_zeros(images.shape[:-2] + (size, size))
+    o = size // 2 - d // 2
+    out[..., o:o + d, o:o + d] = images
+    return out
+
+
+def apply_ctf(
+    images: np.ndarray | torch.Tensor,
+    params: CtfParams,
+    apix: float,
+    *,
+    out_size: int | None = None,
+) -> np.ndarray:
+    """Multiply images (N, D, D) by their CTFs in Fourier space; return (N, S, S), S = ``out_size`` (≥ D).
+
+    Images are zero-padded about their centre to ``out_size`` first, so the CTF's delocalised
+    fringes are kept rather than wrapped around the box.
+    """
+    imgs = torch.as_tensor(np.array(images, dtype=np.float32))
+    size = out_size or imgs.shape[-1]
+    imgs = pad_centred(imgs, size)
+    ctf = ctf_2d(params.defocus_u, params.defocus_v, params.angle, voltage=params.voltage, cs=params.cs,
+                 amplitude_contrast=params.amplitude_contrast, apix=apix, shape=(size, size),
+                 bfactor=params.bfactor)
+    out = torch.fft.irfft2(torch.fft.rfft2(imgs) * ctf, s=(size, size))
+    return out.numpy().astype(np.float32)
+
+
+def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_contrast: float,
+                         max_freq: float, n: int = 4) -> np.ndarray:
+    """Spatial frequencies (1/Å) of the first ``n`` CTF zeros for an isotropic defocus (Å), from the formula.
+
+    χ(s) = π λ Δf s² − π/2 Cs λ³ s⁴, CTF = −sin(χ' ) with the amplitude-contrast phase; zeros
+    where χ(s) + arcsin(w) = kπ. Used by tests to check simulated power spectra.
+    """
+    from torch_ctf import calculate_relativistic_electron_wavelength
+
+    lam = float(calculate_relativistic_electron_wavelength(voltage * 1e3)) * 1e10
+    s = np.linspace(0, max_freq, 200001)
+    chi = np.pi * lam * defocus * s**2 - np.pi / 2 * cs * 1e7 * lam**3 * s**4
+    phase = chi + np.arcsin(amplitude_contrast)
+    k = np.floor(phase / np.pi)
+    idx = np.nonzero(np.diff(k) != 0)[0]
+    return s[idx][:n]
+
+
+def ctf_params_from_table(table, bfactor: float | None = None) -> CtfParams:
+    """:class:`CtfParams` from a flat RELION particle table (``read_star(...).particles``)."""
+    def col(name, default=None):
+        if name in table:
+            return np.asarray(table[name], dtype=np.float64)
+        if default is None:
+            raise KeyError(f"STAR table lacks {name}")
+        return np.full(len(table), float(default))
+
+    b = bfactor if bfactor is not None else (float(np.mean(col("rlnCtfBfactor"))) if "rlnCtfBfactor" in table else 0.0)
+    return CtfParams(col("rlnDefocusU"), col("rlnDefocusV", table["rlnDefocusU"] if "rlnDefocusU" in table else None),
+                     col("rlnDefocusAngle", 0.0), float(col("rlnVoltage")[0]), float(col("rlnSphericalAberration")[0]),
+                     float(col("rlnAmplitudeContrast", 0.1)[0]), b)
+
+
+def subset(params: CtfParams, index: np.ndarray | slice) -> CtfParams:
+    """The CTF parameters of a subset of particles."""
+    return CtfParams(np.atleast_1d(params.defocus_u)[index], np.atleast_1d(params.defocus_v)[index],
+                     np.atleast_1d(params.angle)[index], params.voltage, params.cs, params.amplitude_contrast,
+                     params.bfactor)

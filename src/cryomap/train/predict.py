@@ -1,0 +1,239 @@
+"""Prediction: a trained run (or checkpoint) + particles → a density map on the label grid.
+
+``predict_map(run_dir_or_checkpoint, particles_star)`` builds the condition exactly as the
+training dataset did (same mode, box, image preparation: :mod:`cryomap.datasets`), runs the
+network, and returns the map as :class:`~cryomap.io.mrc.MrcData` with the label grid's voxel
+size and origin. For the diffusion model it draws K samples (DDIM by default) and returns their
+mean; the per-voxel standard deviation comes back too (:class:`Prediction`).
+
+Weights are loaded without unpickling: ``model.safetensors`` from a run folder, or a Lightning
+``.ckpt`` through ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cryomap.errors import BadInputError
+from cryomap.io.mrc import MrcData
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to run, with the resolved training config it came from."""
+
+    net: torch.nn.Module
+    config: dict[str, Any]
+    in_channels: int
+
+    @property
+    def name(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.config.get("meta", {})
+
+
+@dataclass
+class Prediction:
+    """The predicted map and, for diffusion, the per-voxel standard deviation over K samples."""
+
+    map: MrcData
+    std: MrcData | None = None
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a run folder, its ``model.safetensors``, or a Lightning ``.ckpt`` (EMA weights for diffusion)."""
+    from cryomap.train.modules import build_network
+
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError("not found", path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        run = path if path.is_dir() else path.parent
+        info_p = run / "model.json"
+        weights = run / "model.safetensors" if path.is_dir() else path
+        if not info_p.exists() or not weights.exists():
+            raise BadInputError("no model.json/model.safetensors: the run did not finish (resume it) or this is not a run folder", run)
+        info = json.loads(info_p.read_text())
+        state = load_file(str(weights))
+        config, in_ch = info["config"], int(info["in_channels"])
+    elif path.suffix == ".ckpt":
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BadInputError(f"not a loadable checkpoint ({exc})", path) from exc
+        hp = ckpt.get("hyper_parameters", {})
+        if "config" not in hp:
+            raise BadInputError("checkpoint holds no cryomap config (hyper_parameters.config)", path)
+        config, in_ch = hp["config"], int(hp["in_channels"])
+        sd = ckpt["state_dict"]
+        prefix = "ema.net." if any(k.startswith("ema.net.") for k in sd) else "net."
+        state = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    else:
+        raise BadInputError("expected a run folder, a .ckpt or a .safetensors file", path)
+    net = build_network(config, in_ch)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BadInputError(f"weights do not fit the model the config describes ({exc})", path) from exc
+    net.eval()
+    return LoadedModel(net, config, in_ch)
+
+
+@torch.no_grad()
+def predict_from_condition(
+    model: LoadedModel,
+    condition: np.ndarray | torch.Tensor,
+    *,
+    samples: int | None = None,
+    steps: int | None = None,
+    sampler: str = "ddim",
+    eta: float | None = None,
+    seed: int = 0,
+    on_step=None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the model on one condition (C, D, D, D) → (map (D, D, D) in label units, std or None).
+
+    Diffusion: K = ``samples`` (config default 4) samples with ``steps`` DDIM/DDPM steps (default
+    50); x ∈ [−1, 1] is mapped back to labels by (x + 1)/2, the std by ½.
+    """
+    cond = torch.as_tensor(np.asarray(condition, dtype=np.float32))[None]
+    if cond.shape[1] != model.in_channels:
+        raise BadInputError(f"condition has {cond.shape[1]} channels, the model takes {model.in_channels}")
+    if model.name != "diffusion":
+        return model.net(cond)[0, 0].numpy(), None
+    from cryomap.train.modules import build_diffusion
+
+    d = model.config["diffusion"]
+    diffusion = build_diffusion(model.config)
+    mean, std = diffusion.sample_ensemble(
+        model.net,
+        cond,
+        samples=int(samples or d.get("samples", 4)),
+        steps=int(steps or d.get("sample_steps", 50)),
+        sampler=sampler,
+        eta=float(d.get("eta", 0.0) if eta is None else eta),
+        seed=seed,
+        on_step=on_step,
+    )
+    return ((mean[0, 0] + 1.0) / 2.0).numpy(), (std[0, 0] / 2.0).numpy()
+
+
+def predict_map(
+    model_path: str | Path | LoadedModel,
+    particles_star: str | Path | None = None,
+    *,
+    target: str | None = None,
+    mode: str | None = None,
+    samples: int | None = None,
+    steps: int | None = None,
+    sampler: str = "ddim",
+    eta: float | None = None,
+    seed: int = 0,
+    class_averages: str | Path | None = None,
+    latents: str | Path | None = None,
+    n_images: int | None = None,
+    on_step=None,
+) -> Prediction:
+    """Predict the density map for the particles of ``particles_star``.
+
+    The condition is built by :func:`cryomap.datasets.datamodule.condition_for_prediction` with
+    the mode, D and options of the training dataset (``mode``/``n_images`` may override them).
+    ``target`` names a training-dataset target: without ``particles_star`` its held-out
+    particles are used, and its label origin is written. Class modes need ``class_averages``
+    (.mrcs, best first) and latents mode a ``.npy`` of per-particle latents unless ``target``
+    supplies them. The result has the label grid's voxel size (Å/voxel) and origin (Å).
+    ``on_step(i)`` is called after every diffusion sampling step (for a progress bar).
+    """
+    model = model_path if isinstance(model_path, LoadedModel) else load_model(model_path)
+    meta = model.meta
+    cond = build_prediction_condition(
+        meta, particles_star, target=target, mode=mode, seed=seed, class_averages=class_averages,
+        latents=latents, n_images=n_images,
+    )
+    out, std = predict_from_condition(model, cond, samples=samples, steps=steps, sampler=sampler, eta=eta, seed=seed,
+                                      on_step=on_step)
+    apix, origin = label_grid(meta, target)
+    return Prediction(
+        MrcData(out.astype(np.float32), apix, origin),
+        None if std is None else MrcData(std.astype(np.float32), apix, origin),
+    )
+
+
+def label_grid(meta: dict[str, Any], target: str | None = None) -> tuple[float, tuple[float, float, float]]:
+    """Voxel size (Å/voxel) and origin (Å) of the training labels (of ``target`` when given).
+
+    Without a target the origin is the one all targets share, or (0, 0, 0) when they differ.
+    """
+    apix = float(meta.get("label_apix", 1.0))
+    origins = meta.get("label_origins") or {}
+    if target is not None:
+        if target not in origins:
+            raise BadInputError(f"the model was not trained on a target {target!r} (targets: {', '.join(origins) or 'none'})")
+        return apix, tuple(float(v) for v in origins[target])  # type: ignore[return-value]
+    uniq = {tuple(float(v) for v in o) for o in origins.values()}
+    origin = uniq.pop() if len(uniq) == 1 else tuple(float(v) for v in meta.get("label_origin", (0.0, 0.0, 0.0)))
+    return apix, origin  # type: ignore[return-value]
+
+
+def build_prediction_condition(
+    meta: dict[str, Any],
+    particles_star: str | Path | None,
+    *,
+    target: str | None = None,
+    mode: str | None = None,
+    seed: int = 0,
+    class_averages: str | Path | None = None,
+    latents: str | Path | None = None,
+    n_images: int | None = None,
+) -> np.ndarray:
+    """The condition (C, D, D, D) for new particles, built as the training dataset built its own."""
+    if particles_star is None and target is None:
+        raise BadInputError("give --particles (a STAR file) or --target (a training target's held-out particles)")
+    if meta.get("source") == "dataset":
+        from cryomap.datasets.datamodule import condition_for_prediction
+        from cryomap.datasets.manifest import Manifest
+
+        root = Path(meta["dataset_dir"])
+        if target is not None:
+            manifest = Manifest.load(root)  # the target's stored particles and label live there
+        else:
+            manifest = Manifest(root=root, data={"condition": dict(meta["condition"]), "label": dict(meta["label"]),
+                                                 "seed": meta.get("dataset_seed", 0), "targets": []})
+        if mode is not None:
+            manifest.data["condition"]["mode"] = mode
+        if n_images is not None:
+            manifest.data["condition"]["n_images"] = n_images
+        try:
+            return condition_for_prediction(manifest, particles_star, target, seed,
+                                            class_averages=class_averages, latents=latents)
+        except ValueError as exc:
+            raise BadInputError(str(exc), particles_star) from exc
+    # synthetic-data runs: a stack condition from the STAR file's particles
+    from cryomap.datasets.conditions import build_condition
+
+    if particles_star is None:
+        raise BadInputError("this model was trained on synthetic data: give --particles")
+    mode = mode or "stack"
+    if mode != "stack":
+        raise BadInputError(f"a synthetic-data model predicts from particle stacks only, not mode {mode!r}")
+    from cryomap.datasets.particles import ParticleImages
+
+    images = ParticleImages(particles_star)
+    return build_condition(images, "stack", int(meta["depth"]), np.random.default_rng(seed), n_images=n_images)
+
+
+def std_path(out: str | Path) -> Path:
+    """Where the per-voxel standard deviation of ``out`` goes: MAP.mrc → MAP_std.mrc."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_std{out.suffix or '.mrc'}")

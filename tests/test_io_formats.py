@@ -1,0 +1,234 @@
+"""Readers for STAR flavours, cryoSPARC .cs, coordinates, micrographs and CryoPPP folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryomap.errors import BadInputError
+from cryomap.io.coords import read_coordinates, write_box, write_cryoppp_csv
+from cryomap.io.cryoppp import discover, micrograph_key
+from cryomap.io.cs import read_cs, resolve_blob_path
+from cryomap.io.describe import describe
+from cryomap.io.micrograph import micrograph_info, read_micrograph
+from cryomap.io.mrc import write_mrc
+from cryomap.io.star import read_star, write_star
+
+STARS = ["relion31", "cryosparc_exported_relion31", "relion30_sample", "empiar_10076_7"]
+
+
+@pytest.mark.parametrize("name", STARS)
+def test_star_roundtrip_keeps_values_columns_and_dtypes(shared_data, tmp_path, name):
+    table = read_star(shared_data / "star" / f"{name}.star")
+    write_star(tmp_path / "out.star", table.particles)
+    back = read_star(tmp_path / "out.star")
+    assert list(back.particles.columns) == list(table.particles.columns)
+    assert back.particles.equals(table.particles)
+    assert back.optics is not None and "rlnOpticsGroup" in back.optics
+
+
+def test_relion30_pixel_size_from_detector_and_magnification(shared_data):
+    t = read_star(shared_data / "star" / "empiar_10076_7.star")
+    # 5 µm detector pixel at 38168x: 5e4 / 38168 Å
+    assert t.pixel_size == pytest.approx(5e4 / 38168, abs=1e-5)
+    assert t.optics is None and (t.particles["rlnOpticsGroup"] == 1).all()
+    t30 = read_star(shared_data / "star" / "relion30_sample.star")
+    assert t30.pixel_size == pytest.approx(5e4 / 37369.207031, abs=1e-5)
+    # per-particle voltage differs (300 and 200 kV) and stays per particle
+    assert set(t30.particles["rlnVoltage"]) == {300.0, 200.0}
+
+
+def test_cryosparc_exported_star(shared_data):
+    t = read_star(shared_data / "star" / "cryosparc_exported_relion31.star")
+    p = t.particles
+    assert (p["rlnOpticsGroup"] == 4).all() and t.pixel_size == pytest.approx(0.8257)
+    assert {"rlnOriginXAngst", "rlnOriginYAngst", "rlnVoltage", "rlnDefocusU"} <= set(p.columns)
+    key = micrograph_key(p["rlnMicrographName"].iloc[0])
+    assert key.startswith("PDE5A_apo_17") and "/" not in key and not key.endswith(".mrc")
+
+
+def test_cs_matches_star_and_units(shared_data):
+    cs = read_cs(shared_data / "star" / "empiar_10076_7.cs")
+    star = read_star(shared_data / "star" / "empiar_10076_7.star").particles
+    assert len(cs) == len(star) == 7
+    np.testing.assert_allclose(cs["rlnDefocusU"], star["rlnDefocusU"], rtol=1e-6)
+    np.testing.assert_allclose(cs["rlnDefocusV"], star["rlnDefocusV"], rtol=1e-6)
+    np.testing.assert_allclose(cs["rlnDefocusAngle"], star["rlnDefocusAngle"], atol=1e-3)  # rad -> deg
+    np.testing.assert_allclose(cs["rlnImagePixelSize"], star["rlnImagePixelSize"], atol=1e-5)
+    assert list(cs["rlnImageName"].str.split("@").str[0].astype(int)) == list(range(1, 8))
+    # blob/path says .mrc, the stack on disk is .mrcs
+    stack = resolve_blob_path(cs["rlnImageName"].iloc[0].split("@")[1], shared_data / "star" / "empiar_10076_7.cs")
+    assert stack.name == "empiar_10076_7.mrcs"
+
+
+def test_cs_shifts_are_blob_pixels_not_angstrom(tmp_path):
+    dt = np.dtype([("uid", "<u8"), ("blob/path", "S10"), ("blob/idx", "<u4"), ("blob/psize_A", "<f4"),
+                   ("alignments2D/shift", "<f4", (2,)), ("alignments2D/pose", "<f4"), ("ctf/df1_A", "<f4")])
+    arr = np.zeros(2, dtype=dt)
+    arr["blob/psize_A"] = 2.5
+    arr["alignments2D/shift"] = [[1.0, -2.0], [0.5, 0.0]]
+    arr["alignments2D/pose"] = [np.pi / 2, 0]
+    arr["ctf/df1_A"] = 12000
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, arr)
+    df = read_cs(tmp_path / "p.cs")
+    np.testing.assert_allclose(df["rlnOriginXAngst"], [2.5, 1.25])
+    np.testing.assert_allclose(df["rlnOriginYAngst"], [-5.0, 0.0])
+    np.testing.assert_allclose(df["rlnAnglePsi"], [90.0, 0.0], atol=1e-4)
+    np.testing.assert_allclose(df["rlnDefocusU"], 12000)
+
+
+def test_cs_poses_roundtrip_through_euler(tmp_path):
+    from scipy.spatial.transform import Rotation
+
+    angles = np.array([[30.0, 60.0, -45.0], [120.0, 10.0, 5.0]])
+    # the RELION matrix A of (rot, tilt, psi) is the transpose of scipy's intrinsic ZYZ matrix;
+    # pyem stores expmap(pose) == A
+    A = Rotation.from_euler("ZYZ", angles, degrees=True).as_matrix().transpose(0, 2, 1)
+    dt = np.dtype([("alignments3D/pose", "<f4", (3,)), ("blob/psize_A", "<f4"), ("alignments3D/shift", "<f4", (2,))])
+    arr = np.zeros(2, dtype=dt)
+    arr["alignments3D/pose"] = Rotation.from_matrix(A).as_rotvec()
+    arr["blob/psize_A"] = 1.0
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, arr)
+    df = read_cs(tmp_path / "p.cs")
+    np.testing.assert_allclose(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), angles, atol=1e-3)
+
+
+def test_cryoppp_csv_real_file(shared_data):
+    df = read_coordinates(shared_data / "empiar10017" / "Falcon_2012_06_12-14_33_35_0.csv")
+    assert len(df) == 629 and (df["diameter"] == 108).all()
+    assert df.loc[0, "x"] == 3752 and df.loc[0, "y"] == 693
+
+
+def test_coordinate_roundtrips_csv_box_star(tmp_path):
+    df = pd.DataFrame({"x": [10.0, 200.5, 33.0], "y": [40.0, 5.0, 60.25], "diameter": [20.0, 20.0, 20.0]})
+    write_cryoppp_csv(tmp_path / "a.csv", df)
+    back = read_coordinates(tmp_path / "a.csv")
+    np.testing.assert_allclose(back[["x", "y", "diameter"]], df[["x", "y", "diameter"]])
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == "X-Coordinate,Y-Coordinate,Diameter"
+    write_box(tmp_path / "a.box", df, box=32)
+    box = read_coordinates(tmp_path / "a.box")
+    np.testing.assert_allclose(box[["x", "y"]], df[["x", "y"]])
+    assert (box["diameter"] == 32).all()
+    star = pd.DataFrame({"rlnCoordinateX": df.x, "rlnCoordinateY": df.y, "rlnMicrographName": "m.mrc"})
+    write_star(tmp_path / "c.star", star)
+    s = read_coordinates(tmp_path / "c.star")
+    np.testing.assert_allclose(s[["x", "y"]], df[["x", "y"]])
+
+
+def test_coordinate_files_without_coordinates_are_errors(tmp_path):
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(BadInputError, match="bad.csv.*no coordinate columns"):
+        read_coordinates(tmp_path / "bad.csv")
+    write_star(tmp_path / "nocoord.star", pd.DataFrame({"rlnDefocusU": [1.0], "rlnMicrographName": ["m.mrc"]}))
+    with pytest.raises(BadInputError, match="no coordinate columns"):
+        read_coordinates(tmp_path / "nocoord.star")
+    (tmp_path / "x.txt").write_text("1 2\n")
+    with pytest.raises(BadInputError, match="unknown coordinate file type"):
+        read_coordinates(tmp_path / "x.txt")
+
+
+def test_real_jpeg_micrograph(shared_data):
+    path = shared_data / "empiar10017" / "Falcon_2012_06_12-14_33_35_0.jpg"
+    info = micrograph_info(path)
+    assert info.shape == (4096, 4096) and info.apix is None
+    m = read_micrograph(path)
+    assert m.data.shape == (4096, 4096) and m.data.dtype == np.float32 and m.apix is None
+    assert 0 <= m.data.min() and m.data.max() <= 255 and m.data.std() > 1
+    assert read_micrograph(path, apix=1.77).apix == 1.77
+
+
+def test_micrograph_formats_roundtrip(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    img8 = rng.integers(0, 256, size=(40, 60), dtype=np.uint8)
+    Image.fromarray(img8).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "m.png").data, img8.astype(np.float32))
+    f = rng.normal(size=(40, 60)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "m.tif", f)
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "m.tif").data, f)
+    write_mrc(tmp_path / "m.mrc", f, 1.5)
+    m = read_micrograph(tmp_path / "m.mrc")
+    np.testing.assert_array_equal(m.data, f)
+    assert m.apix == pytest.approx(1.5) and micrograph_info(tmp_path / "m.mrc").shape == (40, 60)
+    m.data[0, 0] = 7.0  # an in-memory copy by default; mmap=True maps the file read-only
+    mm = read_micrograph(tmp_path / "m.mrc", mmap=True)
+    np.testing.assert_array_equal(mm.data, f)
+    assert not mm.data.flags.writeable
+
+
+def test_bad_micrographs_are_one_clear_error(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), np.uint8) + 100).save(tmp_path / "ok.jpg", quality=95)
+    raw = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BadInputError, match="cut.jpg"):
+        read_micrograph(tmp_path / "cut.jpg")
+    nan = np.ones((8, 8), np.float32)
+    nan[2, 3] = np.nan
+    import mrcfile
+
+    with mrcfile.new(tmp_path / "nan.mrc") as mrc:
+        mrc.set_data(nan)
+        mrc.voxel_size = 1.0
+    with pytest.raises(BadInputError, match="nan.mrc.*NaN"):
+        read_micrograph(tmp_path / "nan.mrc")
+    (tmp_path / "m.xyz").write_text("x")
+    with pytest.raises(BadInputError, match="unknown micrograph file type"):
+        read_micrograph(tmp_path / "m.xyz")
+    with pytest.raises(BadInputError, match="file not found"):
+        read_micrograph(tmp_path / "absent.mrc")
+
+
+def test_discover_pairs_and_reports_missing(tmp_path):
+    root = tmp_path / "10999"
+    (root / "micrographs").mkdir(parents=True)
+    (root / "ground_truth" / "particle_coordinates").mkdir(parents=True)
+    for stem in ("mic_a", "mic_b", "mic_c"):
+        write_mrc(root / "micrographs" / f"{stem}.mrc", np.zeros((32, 32)), 1.2)
+    write_cryoppp_csv(root / "ground_truth" / "particle_coordinates" / "mic_a.csv",
+                      pd.DataFrame({"x": [10], "y": [12], "diameter": [8]}))
+    write_cryoppp_csv(root / "ground_truth" / "particle_coordinates" / "mic_z.csv",
+                      pd.DataFrame({"x": [10], "y": [12]}))
+    star = pd.DataFrame({
+        "rlnMicrographName": ["J1/motioncorrected/0000012814672437370591_mic_b.mrc",
+                              "J1/motioncorrected/0000012814672437370592_mic_d.mrc"],
+        "rlnCoordinateX": [5.0, 6.0], "rlnCoordinateY": [7.0, 8.0], "rlnDefocusU": [1e4, 2e4]})
+    write_star(root / "ground_truth" / "10999_particles_selected.star", star)
+    ds = discover(root)
+    by = {e.key: e for e in ds.entries}
+    assert set(by) == {"mic_a", "mic_b", "mic_c"}
+    assert by["mic_a"].coordinates.name == "mic_a.csv" and by["mic_a"].star_rows is None
+    assert by["mic_b"].coordinates is None and len(by["mic_b"].star_rows) == 1
+    assert [e.key for e in ds.usable] == ["mic_a", "mic_b"]
+    text = "\n".join(ds.missing)
+    assert "mic_c" in text and "mic_d" in text and "mic_z.csv" in text
+    with pytest.raises(BadInputError, match="no micrographs"):
+        discover(tmp_path / "10999" / "ground_truth" / "particle_coordinates")
+
+
+def test_describe_reports_content(shared_data):
+    s = describe(shared_data / "star" / "relion31.star")
+    assert "5 particles" in s and "2.806 Å/px" in s and "optics groups: 1" in s
+    c = describe(shared_data / "star" / "empiar_10076_7.cs")
+    assert "7 particles" in c and "1.31 Å/px" in c and "blob pixels" in c
+    m = describe(shared_data / "maps" / "70S_ribosome_65px.mrc")
+    assert "(65, 65, 65)" in m and "not in header" in m
+    st = describe(shared_data / "star" / "relion31.mrcs")
+    assert "image stack" in st and "(5, 256, 256)" in st
+
+
+def test_image_locations_tolerate_mrc_for_mrcs(shared_data):
+    from cryomap.io.mrc import read_stack
+    from cryomap.io.star import image_locations
+
+    t = read_star(shared_data / "star" / "empiar_10076_7.star")  # names empiar_10076_7.mrc
+    idx, stacks = image_locations(t)
+    assert list(idx) == list(range(7)) and all(p.name == "empiar_10076_7.mrcs" for p in stacks)
+    s = read_stack(stacks[0], apix=t.pixel_size)  # this stack's header holds no voxel size
+    assert s.data.shape == (7, 320, 320)
