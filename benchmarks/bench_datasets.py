@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 N_PARTICLES = 512  # per target
-N_BATCHES = 16
+N_BATCHES = 10
 
 
 def _dir_size(path: Path) -> int:

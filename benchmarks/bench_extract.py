@@ -8,7 +8,8 @@ would. cryomap should stay flat in memory as the micrograph count grows; the pee
 
 ``python -m benchmarks extract`` (or ``python benchmarks/bench_extract.py``); JSON goes to
 ``bench_out/bench_extract.json``. Environment: ``CRYOMAP_BENCH_COUNTS`` (default ``2,20``),
-``CRYOMAP_BENCH_BOX`` (default 256).
+``CRYOMAP_BENCH_BOX`` (default 256), ``CRYOMAP_BENCH_REPEATS`` (default 2; particles/s is the
+median over repeats, peak RSS the maximum).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,6 +118,7 @@ def _measure(kind: str, dataset: Path, out: Path, box: int, workers: int = 1) ->
 def main() -> dict:
     counts = [int(c) for c in os.environ.get("CRYOMAP_BENCH_COUNTS", "2,20").split(",")]
     box = int(os.environ.get("CRYOMAP_BENCH_BOX", "256"))
+    repeats = int(os.environ.get("CRYOMAP_BENCH_REPEATS", "2"))
     results = []
     with tempfile.TemporaryDirectory(prefix="cryomap_bench_extract_") as tmp:
         tmp = Path(tmp)
@@ -126,11 +129,11 @@ def main() -> dict:
             ds = subset(full, tmp / f"n{n}", n)
             rows = {"micrographs": n, "box": box}
             for kind, workers in (("cryomap", 1), ("cryomap", 2), ("peer", 1)):
-                r = _measure(kind, ds, tmp / f"out_{kind}_{n}_{workers}", box, workers)
+                runs = [_measure(kind, ds, tmp / f"out_{kind}_{n}_{workers}", box, workers) for _ in range(repeats)]
                 label = kind if kind == "peer" else f"cryomap_w{workers}"
-                rows[f"{label}_particles_per_s"] = r["particles"] / r["seconds"]
-                rows[f"{label}_peak_rss_mb"] = r["peak_rss_mb"]
-                rows[f"{label}_particles"] = r["particles"]
+                rows[f"{label}_particles_per_s"] = statistics.median(r["particles"] / r["seconds"] for r in runs)
+                rows[f"{label}_peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                rows[f"{label}_particles"] = runs[0]["particles"]
             results.append(rows)
     print(f"\n{'mics':>5} {'particles':>9} | {'cryomap w1 p/s':>14} {'RSS MB':>7} | {'cryomap w2 p/s':>14} {'RSS MB':>7}"
           f" | {'peer p/s':>9} {'RSS MB':>7} | {'w1/peer speed':>13}")
@@ -139,12 +142,14 @@ def main() -> dict:
               f"{r['cryomap_w1_peak_rss_mb']:>7.0f} | {r['cryomap_w2_particles_per_s']:>14.0f} {r['cryomap_w2_peak_rss_mb']:>7.0f}"
               f" | {r['peer_particles_per_s']:>9.0f} {r['peer_peak_rss_mb']:>7.0f} | "
               f"{r['cryomap_w1_particles_per_s'] / r['peer_particles_per_s']:>13.2f}")
+    print(f"median of {repeats} runs each; 1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if len(results) >= 2:
         growth = results[-1]["cryomap_w1_peak_rss_mb"] / results[0]["cryomap_w1_peak_rss_mb"]
         peer_growth = results[-1]["peer_peak_rss_mb"] / results[0]["peer_peak_rss_mb"]
         print(f"peak RSS {results[-1]['micrographs']} vs {results[0]['micrographs']} micrographs: "
               f"cryomap x{growth:.2f}, peer x{peer_growth:.2f}")
-    out = {"benchmark": "extract", "micrograph_px": MIC, "particles_per_micrograph": PER_MIC, "results": results,
+    out = {"benchmark": "extract", "micrograph_px": MIC, "particles_per_micrograph": PER_MIC, "repeats": repeats,
+           "load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "results": results,
            "note": "peak RSS per measurement from a fresh subprocess (max of the process and its workers)"}
     Path("bench_out").mkdir(exist_ok=True)
     Path("bench_out/bench_extract.json").write_text(json.dumps(out, indent=2))

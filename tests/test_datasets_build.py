@@ -203,10 +203,25 @@ def test_other_modes_build_and_load(raw, tmp_path, mode):
     dm = DensityDataModule(out, batch_size=2, samples_per_epoch=2)
     cond, label = next(iter(dm.train_dataloader()))
     assert cond.shape == (2, 1, BOX, BOX, BOX) and label.shape == (2, 1, BOX, BOX, BOX)
+    from cryomap.datasets.datamodule import condition_for_prediction
+    from cryomap.datasets.manifest import Manifest
+
+    m = Manifest.load(out)
+    pred = condition_for_prediction(out, target="a", seed=1)
+    assert pred.shape == (1, BOX, BOX, BOX)
     if mode == "class-repeated":
         assert bool((cond == cond[:, :, :1]).all())
+        np.testing.assert_allclose(pred[0, 5], m.class_averages("a")[0], atol=1e-5)  # the best class
+        from_file = condition_for_prediction(out, particles_star=root / "a.star", class_averages=root / "a_classes.mrcs")
+        np.testing.assert_allclose(from_file, pred, atol=1e-5)
     if mode == "latents":
         assert np.count_nonzero(cond.numpy()) > 0.99 * cond.numel()  # 30 particles × 8 tiled over 16^3
+        from cryomap.datasets.conditions import standardize_latents
+
+        held = m.subset("a", "heldout")
+        z = standardize_latents(np.load(root / "a_latents.npy")[held])
+        rows = pred.reshape(-1, 8)[: len(held)]  # the held-out particles' latents, in a random order
+        assert sorted(int(np.abs(z - r).max(axis=1).argmin()) for r in rows) == list(range(len(held)))
 
 
 def test_cli_build_show_and_config_errors(raw, tmp_path):
@@ -225,3 +240,24 @@ def test_cli_build_show_and_config_errors(raw, tmp_path):
     no_classes = write_config(root, [{k: v for k, v in t.items() if k != "class_averages"} for t in targets],
                               "nocls", condition={"mode": "class-repeated"})
     assert main(["dataset", "build", str(no_classes), "-o", str(tmp_path / "nocls")]) == 2
+
+
+def test_datasets_pickle_for_workers_without_their_memory_maps(by_targets, raw):
+    import pickle
+
+    import torch
+
+    from cryomap.datasets.particles import ParticleImages
+    from cryomap.datasets.torch_data import DensityPairs
+
+    ds = DensityPairs(by_targets, "train", samples_per_epoch=2)
+    first = ds[3][0]  # fills the per-process cache (memory map, label)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 100_000  # the memory-mapped images and the label are not copied
+    torch.testing.assert_close(pickle.loads(blob)[3][0], first)
+    root = raw[0]
+    imgs = ParticleImages(root / "a.star")
+    imgs[np.array([0, 25])]
+    again = pickle.loads(pickle.dumps(imgs))
+    np.testing.assert_array_equal(again[np.array([25, 0])], imgs[np.array([25, 0])])
+    np.testing.assert_array_equal(again[np.array([25])][0], raw[2]["a"][25])  # second stack, STAR order

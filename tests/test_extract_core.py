@@ -255,3 +255,17 @@ def test_partial_star_match_fills_ctf_and_drops_poses(tmp_path):
     # the STAR rows left for this micrograph have 10000, 10002, 10003: the unmatched particle takes 10002
     np.testing.assert_allclose(t["rlnDefocusU"], [10000, 10002, 10002])
     assert t["rlnOpticsGroup"].dtype.kind == "i"
+
+
+def test_stack_per_micrograph_matches_single_stack(tmp_path):
+    from cryomap.io.star import image_locations
+
+    root = make_dataset(tmp_path / "ds", n_mics=3)
+    one = extract_particles(root, tmp_path / "one", 32, progress=False)
+    per = extract_particles(root, tmp_path / "per", 32, stack_per_micrograph=True, workers=1, progress=False)
+    assert sorted(p.name for p in (tmp_path / "per" / "stacks").iterdir()) == [
+        f"mic_{m}_particles.mrcs" for m in range(3)]
+    table = read_star(per.star_path)
+    idx, stacks = image_locations(table)
+    images = np.stack([np.asarray(read_stack(s).data)[i] for i, s in zip(idx, stacks)])
+    np.testing.assert_array_equal(images, np.asarray(read_stack(one.stack_path).data))

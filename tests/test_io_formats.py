@@ -18,7 +18,7 @@ from cryomap.io.star import read_star, write_star
 STARS = ["relion31", "cryosparc_exported_relion31", "relion30_sample", "empiar_10076_7"]
 
 
-@pytest.mark.parametrize("name", STARS)
+@pytest.mark.parametrize("name", STARS + ["../relion_projections/rln_proj_65_shifted"])
 def test_star_roundtrip_keeps_values_columns_and_dtypes(shared_data, tmp_path, name):
     table = read_star(shared_data / "star" / f"{name}.star")
     write_star(tmp_path / "out.star", table.particles)
@@ -151,6 +151,10 @@ def test_micrograph_formats_roundtrip(tmp_path):
     f = rng.normal(size=(40, 60)).astype(np.float32)
     tifffile.imwrite(tmp_path / "m.tif", f)
     np.testing.assert_array_equal(read_micrograph(tmp_path / "m.tif").data, f)
+    assert read_micrograph(tmp_path / "m.tif").apix is None
+    # pixel size from TIFF resolution tags: 1e8/1.5 px per cm = 1.5 Å/px
+    tifffile.imwrite(tmp_path / "r.tif", f, resolution=(1e8 / 1.5, 1e8 / 1.5), resolutionunit="CENTIMETER")
+    assert read_micrograph(tmp_path / "r.tif").apix == pytest.approx(1.5)
     write_mrc(tmp_path / "m.mrc", f, 1.5)
     m = read_micrograph(tmp_path / "m.mrc")
     np.testing.assert_array_equal(m.data, f)
@@ -161,6 +165,7 @@ def test_micrograph_formats_roundtrip(tmp_path):
     assert not mm.data.flags.writeable
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")
 def test_bad_micrographs_are_one_clear_error(tmp_path):
     from PIL import Image
 
@@ -232,3 +237,50 @@ def test_image_locations_tolerate_mrc_for_mrcs(shared_data):
     assert list(idx) == list(range(7)) and all(p.name == "empiar_10076_7.mrcs" for p in stacks)
     s = read_stack(stacks[0], apix=t.pixel_size)  # this stack's header holds no voxel size
     assert s.data.shape == (7, 320, 320)
+
+
+def test_cli_info_prints_description(shared_data, capsys):
+    from cryomap.cli import main
+
+    assert main(["info", str(shared_data / "star" / "cryosparc_exported_relion31.star")]) == 0
+    out = capsys.readouterr().out
+    assert "2 particles" in out and "optics groups: 1 (4)" in out and "0.8257 Å/px" in out
+    assert main(["info", str(shared_data / "README.md")]) == 2
+    assert "unknown file type" in capsys.readouterr().err
+
+
+def test_star_several_optics_groups_either_block_order(tmp_path):
+    flat = pd.DataFrame({
+        "rlnImageName": [f"{i:06d}@s.mrcs" for i in range(1, 5)],
+        "rlnDefocusU": [1e4, 1.1e4, 1.2e4, 1.3e4],
+        "rlnOpticsGroup": [1, 2, 1, 2],
+        "rlnImagePixelSize": [1.0, 1.5, 1.0, 1.5],
+        "rlnVoltage": [300.0, 200.0, 300.0, 200.0],
+    })
+    write_star(tmp_path / "a.star", flat)
+    t = read_star(tmp_path / "a.star")
+    assert len(t.optics) == 2 and "rlnImagePixelSize" not in t.extra_blocks
+    np.testing.assert_allclose(t.particles["rlnImagePixelSize"], flat["rlnImagePixelSize"])
+    np.testing.assert_allclose(t.particles["rlnVoltage"], flat["rlnVoltage"])
+    assert t.pixel_size is None  # two pixel sizes: no single answer
+    # particles block before optics block (as some programs write it)
+    text = (tmp_path / "a.star").read_text()
+    i = text.index("# version 30001\ndata_particles")
+    (tmp_path / "b.star").write_text(text[i:] + "\n" + text[:i])
+    b = read_star(tmp_path / "b.star")
+    assert b.particles.equals(t.particles)
+
+
+def test_mrc_modes_int16_uint16_float16_read_as_float32(tmp_path):
+    import mrcfile
+
+    from cryomap.io.mrc import read_mrc
+
+    for dtype in (np.int8, np.int16, np.uint16, np.float16):
+        arr = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
+        with mrcfile.new(tmp_path / f"m_{np.dtype(dtype).name}.mrc", overwrite=True) as mrc:
+            mrc.set_data(arr)
+            mrc.voxel_size = 1.25
+        m = read_mrc(tmp_path / f"m_{np.dtype(dtype).name}.mrc")
+        assert m.data.dtype == np.float32 and m.apix == pytest.approx(1.25)
+        np.testing.assert_array_equal(m.data, arr.astype(np.float32))

@@ -112,6 +112,9 @@ def test_too_large_molecule_is_refused_with_needed_box():
         make_label(MrcData(vol, 1.0), apix=1.0, box=48)
     assert f"--box {need}" in str(err.value) and err.value.needed_box == need
     assert make_label(MrcData(vol, 1.0), apix=1.0, box=need).data.shape == (need,) * 3
+    fitted = fit_box(vol, need)
+    faces = [fitted[0], fitted[-1], fitted[:, 0], fitted[:, -1], fitted[:, :, 0], fitted[:, :, -1]]
+    assert max(float(f.max()) for f in faces) < 0.1 * vol.max()  # the box that "fits" keeps the molecule whole
     # the same molecule at 2 Å/voxel fits in half the box
     assert make_label(MrcData(vol, 1.0), apix=2.0, box=need // 2 + 2).data.shape[0] == need // 2 + 2
 

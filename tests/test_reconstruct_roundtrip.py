@@ -24,7 +24,7 @@ def _fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def truth_and_particles():
     truth = structure_to_map("1BHL", APIX, 32).data
     rng = np.random.default_rng(0)
-    n = 1500
+    n = 600
     rot, tilt, psi = random_euler_angles(n, rng)
     shifts = rng.uniform(-2, 2, (n, 2)) * APIX  # RELION origins in Å
     images = project(truth, rot, tilt, psi, shifts, APIX)
@@ -36,24 +36,25 @@ def test_backprojection_round_trip_fsc(truth_and_particles):
     rec = reconstruct(images, rot, tilt, psi, shifts, APIX)
     curve = _fsc(rec, truth)
     nyquist = len(curve) - 1
-    assert np.all(curve[: int(np.ceil(2 * nyquist / 3)) + 1] > 0.5)
+    two_thirds = int(np.ceil(2 * nyquist / 3))
+    assert np.all(curve[: two_thirds + 1] > 0.5)
     assert np.corrcoef(rec.ravel(), truth.ravel())[0, 1] > 0.98
     assert rec.std() / truth.std() == pytest.approx(1.0, abs=0.1)  # same scale as the map
     # ignoring the origins breaks it: the shifts are undone, not ignored
     unshifted = reconstruct(images, rot, tilt, psi, None, APIX)
-    assert np.corrcoef(unshifted.ravel(), truth.ravel())[0, 1] < 0.9
+    assert _fsc(unshifted, truth)[two_thirds] < 0.5
 
 
 def test_odd_box_round_trip():
     truth = structure_to_map("1BHL", APIX, 33).data
     rng = np.random.default_rng(1)
-    rot, tilt, psi = random_euler_angles(800, rng)
+    rot, tilt, psi = random_euler_angles(300, rng)
     rec = reconstruct(project(truth, rot, tilt, psi), rot, tilt, psi, None, APIX)
     assert np.corrcoef(rec.ravel(), truth.ravel())[0, 1] > 0.98
 
 
 def test_wiener_ctf_correction_beats_ignoring_the_ctf(truth_and_particles):
-    truth, images, rot, tilt, psi, shifts = truth_and_particles
+    truth, images, rot, tilt, psi, shifts = (a[:300] if i else a for i, a in enumerate(truth_and_particles))
     n = len(images)
     rng = np.random.default_rng(2)
     du = rng.uniform(8000, 20000, n)
@@ -63,7 +64,7 @@ def test_wiener_ctf_correction_beats_ignoring_the_ctf(truth_and_particles):
     ignored = reconstruct(modulated, rot, tilt, psi, shifts, APIX)
     cc_corrected = np.corrcoef(corrected.ravel(), truth.ravel())[0, 1]
     cc_ignored = np.corrcoef(ignored.ravel(), truth.ravel())[0, 1]
-    assert cc_corrected > 0.9 and cc_corrected > cc_ignored + 0.2
+    assert cc_corrected > 0.95 and cc_corrected > cc_ignored + 0.1
     curve = _fsc(corrected, truth)
     assert np.all(curve[: (len(curve) - 1) // 2] > 0.5)
 

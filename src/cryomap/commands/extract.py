@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         apix: float = typer.Option(None, "--apix", help="Micrograph pixel size in Å/px (overrides headers; JPEG/PNG carry none)."),
         workers: int = typer.Option(1, "--workers", help="Worker processes (micrographs in parallel)."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable micrographs instead of stopping; they are listed in the summary."),
+        per_micrograph: bool = typer.Option(False, "--stack-per-micrograph", help="Write one stacks/<micrograph>_particles.mrcs per micrograph instead of one particles.mrcs."),
         force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     ) -> None:
         """Extract particles into one RELION 3.1 stack (particles.mrcs + particles.star)."""
@@ -29,5 +30,5 @@ def register(app: typer.Typer) -> None:
 
         result = extract_particles(source, out, box, diameter=diameter, bin_factor=bin_factor, invert=invert,
                                    edge=edge, bg_radius=bg_radius, workers=workers, skip_bad=skip_bad,
-                                   apix=apix, force=force)
+                                   apix=apix, force=force, stack_per_micrograph=per_micrograph)
         summary(result.summary_line())

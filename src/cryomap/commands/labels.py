@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         ),
         contour: float = typer.Option(
             None, "--contour",
-            help="Density level (MAP units) outlining the molecule for the fit check; default: Otsu's threshold.",
+            help="Density level (MAP units) outlining the molecule for the fit check; default: a quarter of Otsu's threshold.",
         ),
         force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     ) -> None:

@@ -30,15 +30,15 @@ class DemoSettings:
 
     targets: tuple[str, ...] = ("7PBL", "4JSV", "1BHL")
     demo_target: str = "7PBL"
-    n_particles: int = 600  # per target
+    n_particles: int = 400  # per target
     micrograph_size: int = 1024  # px
     apix: float = 3.2  # Å/px of micrographs and particles
     particle_box: int = 64  # px (204.8 Å: holds 4JSV's 178 Å)
     snr: float = 0.1
-    label_box: int = 64  # D: labels D³, conditions D images of D×D
+    label_box: int = 48  # D: labels D³, conditions D images of D×D
     particle_holdout: float = 0.25
-    widths: tuple[int, ...] = (16, 32, 64)
-    bottleneck: int = 128
+    widths: tuple[int, ...] = (8, 16, 32)
+    bottleneck: int = 64
     train_steps: int = 300
     batch_size: int = 2
     lr: float = 2e-3

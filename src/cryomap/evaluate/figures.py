@@ -55,8 +55,8 @@ def views_figure(maps: dict[str, np.ndarray], kind: str, path: str | Path, force
     """Grid of views (rows: maps, columns: along x, y, z); each panel scaled to its own 1–99.5 percentiles."""
     plt = _plt()
     names = list(maps)
-    fig, axes = plt.subplots(len(names), 3, figsize=(7.2, 2.4 * len(names) + 0.4), squeeze=False)
-    label = {"slice": "central slice", "sum": "projection", "max": "max-intensity projection"}[kind]
+    fig, axes = plt.subplots(len(names), 3, figsize=(5.4, 1.8 * len(names) + 0.4), squeeze=False)
+    label = {"slice": "central slice", "sum": "projection", "max": "MIP"}[kind]
     for i, name in enumerate(names):
         for j, axis in enumerate(("x", "y", "z")):
             img = view(maps[name], axis, kind)
@@ -68,7 +68,7 @@ def views_figure(maps: dict[str, np.ndarray], kind: str, path: str | Path, force
             if i == 0:
                 a.set_title(f"{label} along {axis}", fontsize=9)
             if j == 0:
-                a.set_ylabel(name, fontsize=9)
+                a.set_ylabel(name if len(name) < 18 else name.replace(" (", "\n("), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -78,7 +78,7 @@ def views_figure(maps: dict[str, np.ndarray], kind: str, path: str | Path, force
 def fsc_figure(curves: dict, path: str | Path, force: bool = True, title: str = "Fourier shell correlation") -> Path:
     """Plot FSC curves (``{name: FSCCurve}``) on one axis with 0.5 and 0.143 thresholds."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
     fmax = 0.0
     for name, c in curves.items():
         res = c.resolution(0.143)
@@ -98,7 +98,7 @@ def fsc_figure(curves: dict, path: str | Path, force: bool = True, title: str = 
     if fmax > 0:
         ticks = [r for r in (100, 50, 30, 20, 15, 10, 8, 6, 5, 4, 3, 2) if 1 / r <= fmax]
         top.set_xticks(ticks)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return _save(fig, path, force)
 

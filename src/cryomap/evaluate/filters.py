@@ -9,9 +9,11 @@ import torch
 def low_pass(volume: np.ndarray, apix: float, resolution_A: float, falloff_shells: float = 1.0) -> np.ndarray:
     """Low-pass ``volume`` (cubic, ``apix`` Å/voxel) to ``resolution_A`` Å.
 
-    Uses ``torch_fourier_filter.low_pass_filter``: flat up to ``apix / resolution_A``
-    cycles/voxel, then a quarter-cosine fall-off over ``falloff_shells`` shells (1/D each).
-    A resolution finer than Nyquist (``2 * apix``) returns the map unchanged.
+    Uses ``torch_fourier_filter.low_pass_filter``: flat up to ``falloff_shells`` shells (1/D
+    cycles/voxel each) below ``apix / resolution_A`` cycles/voxel, then a quarter-cosine down to
+    zero at exactly ``apix / resolution_A``: nothing finer than the stated resolution survives,
+    so the FSC of the result with the original crosses 0.143 at that resolution (within a
+    shell). A resolution finer than Nyquist (``2 * apix``) returns the map unchanged.
     """
     from torch_fourier_filter.bandpass import low_pass_filter
 
@@ -20,6 +22,7 @@ def low_pass(volume: np.ndarray, apix: float, resolution_A: float, falloff_shell
     if cutoff >= 0.5:
         return volume.copy()
     shape = tuple(int(s) for s in volume.shape)
-    filt = low_pass_filter(cutoff, falloff_shells / shape[0], shape, rfft=True, fftshift=False)
+    falloff = falloff_shells / shape[0]
+    filt = low_pass_filter(max(cutoff - falloff, 0.0), falloff, shape, rfft=True, fftshift=False)
     out = torch.fft.irfftn(torch.fft.rfftn(torch.from_numpy(volume)) * filt, s=shape)
     return out.numpy()

@@ -144,7 +144,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.6em;margin-bottom:0}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}
 table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:8px;vertical-align:top}
-figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.8em;color:#555}.note{font-size:0.85em;color:#555}
+figure img{max-width:100%;border:1px solid #ddd}details{margin:6px 0;font-size:0.9em}summary{cursor:pointer;font-weight:600}figcaption{font-size:0.8em;color:#555}.note{font-size:0.85em;color:#555}
 """
 
 
@@ -173,7 +173,7 @@ def build_report(run_dir: str | Path, out_html: str | Path, *, force: bool = Fal
                 for k, v in summ.items():
                     if isinstance(v, dict) and not any(isinstance(b, dict) for b in v.values()):
                         rows = "".join(f"<tr><td>{html.escape(str(a))}</td><td>{_fmt(b)}</td></tr>" for a, b in v.items())
-                        parts.append(f"<h3>{html.escape(str(k))}</h3><table>{rows}</table>")
+                        parts.append(f"<details{' open' if k == 'stage seconds' else ''}><summary>{html.escape(str(k))}</summary><table>{rows}</table></details>")
             except (OSError, ValueError):
                 pass
         # metrics

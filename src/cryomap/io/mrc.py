@@ -199,7 +199,7 @@ class StackTarget:
         for im in images:  # float64 accumulation one image at a time (no batch-sized copy)
             flat = im.ravel().astype(np.float64)
             total += float(flat.sum())
-            total_sq += float(np.dot(flat, flat))
+            total_sq += float(np.square(flat).sum())  # not np.dot: threaded BLAS is slow on busy machines
         return k, float(images.min()), float(images.max()), total, total_sq
 
 

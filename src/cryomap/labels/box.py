@@ -4,9 +4,12 @@ Convention: the centre voxel of an axis of ``n`` voxels is ``n // 2`` (RELION's,
 sizes); boxing keeps input voxel ``n // 2`` on output voxel ``box // 2``.
 
 "The molecule" for the fit check is the set of voxels of the map, smoothed by a Gaussian of
-1 voxel, at or above a contour level — by default Otsu's threshold of the smoothed map (which
-separates molecule from solvent on both noise-free simulated maps and noisy experimental ones).
-Smoothing keeps isolated noise voxels from counting as molecule.
+1 voxel, at or above a contour level — by default a quarter of Otsu's threshold of the smoothed
+map — keeping only connected pieces of at least 1 % of the largest piece. Otsu's threshold
+separates molecule from solvent on noise-free simulated maps and noisy experimental maps alike;
+a quarter of it reaches the molecule's periphery (on gemmi maps of 7PBL and 1BHL it matches the
+extent of label values ≥ 0.05 within a voxel), and smoothing plus the size filter keep isolated
+noise specks from counting as molecule.
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from cryomap.errors import BadInputError
+
+
+#: The default contour is this fraction of Otsu's threshold of the smoothed map.
+OTSU_FRACTION = 0.25
+#: Connected pieces of the mask smaller than this fraction of the largest piece are noise.
+MIN_PIECE_FRACTION = 0.01
 
 
 class MoleculeDoesNotFitError(BadInputError):
@@ -27,9 +36,11 @@ class MoleculeDoesNotFitError(BadInputError):
 def molecule_mask(data: np.ndarray, level: float | None = None) -> np.ndarray:
     """Boolean mask of the molecule: the map smoothed by 1 voxel, at or above ``level`` (map units).
 
-    ``level=None`` uses Otsu's threshold of the smoothed map.
+    ``level=None`` uses :data:`OTSU_FRACTION` × Otsu's threshold of the smoothed map. Connected
+    pieces smaller than :data:`MIN_PIECE_FRACTION` of the largest are dropped.
     """
     from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import label as connected_pieces
 
     smooth = gaussian_filter(np.asarray(data, dtype=np.float32), sigma=1.0)
     if level is None:
@@ -37,8 +48,14 @@ def molecule_mask(data: np.ndarray, level: float | None = None) -> np.ndarray:
 
         if float(smooth.max()) == float(smooth.min()):
             return np.zeros(smooth.shape, dtype=bool)
-        level = float(threshold_otsu(smooth))
-    return smooth >= level
+        level = OTSU_FRACTION * float(threshold_otsu(smooth))
+    mask = smooth >= level
+    pieces, n = connected_pieces(mask)
+    if n > 1:
+        sizes = np.bincount(pieces.ravel())[1:]
+        keep = np.flatnonzero(sizes >= MIN_PIECE_FRACTION * sizes.max()) + 1
+        mask = np.isin(pieces, keep)
+    return mask
 
 
 def required_box(data: np.ndarray, level: float | None = None) -> int:

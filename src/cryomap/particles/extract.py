@@ -17,7 +17,7 @@ Choices where the spec is silent (also in docs/io_extract.md):
 - ``--bg-radius`` is in pixels of the output (binned) box; default 0.75 × out_box / 2.
 - ``--bin F``: output box = round(box / F) (must be even), pixel size × box / out_box.
 - Pixel size: ``--apix``, else the micrograph header, else the STAR (``rlnMicrographPixelSize``,
-  then ``rlnImagePixelSize``); JPEG/PNG micrographs without any of these are written with 1.0
+  then ``rlnImagePixelSize``); JPEG/PNG micrographs without any of these are taken as 1.0
   Å/px and the summary says so (``ExtractResult.apix_known`` is False).
 - Folder sources with both CSV coordinates and a STAR: each CSV particle takes the columns of the
   STAR row of the same micrograph nearest to it (within 2 px) and that row's exact coordinate;
@@ -27,7 +27,6 @@ Choices where the spec is silent (also in docs/io_extract.md):
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from concurrent.futures import Future
@@ -38,27 +37,18 @@ import numpy as np
 import pandas as pd
 
 from cryomap.errors import BadInputError, CryomapError
+from cryomap.particles.sources import (  # noqa: F401  (default_box, MicrographJob re-exported)
+    REWRITTEN,
+    MicrographJob,
+    clear_caches,
+    default_box,
+    plan_folder,
+    plan_star,
+    star_pixel_size,
+)
 
-#: Columns extraction writes itself (never carried over from the source).
-REWRITTEN = ("rlnImageName", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality",
-             "rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName", "rlnCryomapEdgePadded",
-             "rlnMicrographPixelSize")
-#: CTF columns that may be filled with the micrograph median for particles without a STAR match.
-CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
-               "rlnCtfScalefactor", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-#: Pixel distance within which a CSV coordinate and a STAR row are the same particle.
-MATCH_TOLERANCE_PX = 2.0
 STACK_NAME = "particles.mrcs"
 STAR_NAME = "particles.star"
-
-
-@dataclass
-class MicrographJob:
-    """One micrograph to extract: its file, the name to write, and its particle rows (x, y + carried columns)."""
-
-    path: Path
-    name: str
-    rows: pd.DataFrame
 
 
 @dataclass
@@ -88,146 +78,10 @@ class ExtractResult:
             line += f"; {len(self.skipped_micrographs)} bad micrographs skipped: " + "; ".join(
                 f"{name} ({why})" for name, why in self.skipped_micrographs)
         if not self.apix_known:
-            line += "; pixel size unknown (JPEG/PNG without --apix): wrote 1.0 Å/px"
+            line += "; micrograph pixel size unknown (JPEG/PNG without --apix): assumed 1.0 Å/px"
         for note in self.notes:
             line += f"; {note}"
         return line + f" -> {self.stack_path.parent}"
-
-
-# --------------------------------------------------------------------------- planning
-
-def default_box(diameter_px: float) -> int:
-    """Smallest even box (px) ≥ 1.5 × diameter (px)."""
-    b = int(math.ceil(1.5 * float(diameter_px)))
-    return b + (b % 2)
-
-
-def _match_star_rows(coords: pd.DataFrame, star_rows: pd.DataFrame | None, notes: set[str]) -> pd.DataFrame:
-    """Attach STAR columns to CSV coordinates of one micrograph by nearest coordinate (≤ 2 px)."""
-    out = coords[["x", "y"]].copy().reset_index(drop=True)
-    if "diameter" in coords:
-        out["diameter"] = coords["diameter"].to_numpy()
-    if star_rows is None or not len(star_rows) or not {"rlnCoordinateX", "rlnCoordinateY"} <= set(star_rows.columns):
-        return out
-    from scipy.spatial import cKDTree
-
-    sx = star_rows["rlnCoordinateX"].to_numpy(float)
-    sy = star_rows["rlnCoordinateY"].to_numpy(float)
-    dist, idx = cKDTree(np.column_stack([sx, sy])).query(out[["x", "y"]].to_numpy(float), k=1)
-    matched = dist <= MATCH_TOLERANCE_PX
-    carry = [c for c in star_rows.columns if c not in REWRITTEN]
-    picked = star_rows.iloc[np.where(matched, idx, 0)][carry].reset_index(drop=True)
-    for c in carry:
-        if matched.all():
-            out[c] = picked[c]  # keeps the STAR's dtypes (integers stay integers)
-            continue
-        col = picked[c].astype(object) if picked[c].dtype.kind not in "fiub" else picked[c].astype(float)
-        col[~matched] = np.nan
-        out[c] = col
-    out.loc[matched, "x"] = sx[idx[matched]]
-    out.loc[matched, "y"] = sy[idx[matched]]
-    if not matched.all():
-        for c in CTF_COLUMNS:
-            if c in star_rows and star_rows[c].dtype.kind in "fiu":
-                out.loc[~matched, c] = float(star_rows[c].median())
-    return out
-
-
-def _plan_folder(root: Path, notes: set[str]) -> tuple[list[MicrographJob], pd.DataFrame | None]:
-    from cryomap.io.coords import read_coordinates
-    from cryomap.io.cryoppp import discover
-
-    ds = discover(root)
-    jobs = []
-    for entry in ds.usable:
-        if entry.coordinates is not None:
-            coords = read_coordinates(entry.coordinates)
-            rows = _match_star_rows(coords, entry.star_rows, notes)
-            extra = [c for c in coords.columns if c not in rows.columns and c not in REWRITTEN]
-            if extra and entry.star_rows is None:  # a per-micrograph STAR coordinate file: keep its columns
-                rows = pd.concat([rows, coords[extra].reset_index(drop=True)], axis=1)
-        else:
-            star_rows = entry.star_rows
-            rows = star_rows.rename(columns={"rlnCoordinateX": "x", "rlnCoordinateY": "y"})
-            if not {"x", "y"} <= set(rows.columns):
-                raise BadInputError("STAR file has no coordinate columns (rlnCoordinateX, rlnCoordinateY)", ds.star_path)
-            rows = rows[[c for c in rows.columns if c not in REWRITTEN]].reset_index(drop=True)
-        try:
-            name = str(entry.micrograph.relative_to(root))
-        except ValueError:
-            name = str(entry.micrograph)
-        jobs.append(MicrographJob(entry.micrograph, name, rows))
-    if not jobs:
-        raise BadInputError("no micrograph has coordinates: " + "; ".join(ds.missing[:3]), root)
-    return jobs, ds.star
-
-
-def _resolve_micrograph(name: str, star_path: Path) -> Path | None:
-    """Find a micrograph named in a STAR file: as written (relative to the STAR's folder or its
-    parent), then by :func:`micrograph_key` in ``micrographs/`` beside those folders."""
-    from cryomap.io.cryoppp import micrograph_key
-
-    p = Path(name)
-    bases = [star_path.parent, star_path.parent.parent]
-    if p.is_absolute() and p.exists():
-        return p
-    for base in bases:
-        if (base / p).is_file():
-            return base / p
-    key = micrograph_key(name)
-    for base in bases:
-        for folder in (base / "micrographs", base):
-            found = _micrographs_by_key(folder).get(key)
-            if found is not None:
-                return found
-    return None
-
-
-@functools.lru_cache(maxsize=32)
-def _micrographs_by_key(folder: Path) -> dict[str, Path]:
-    """Micrograph files of a folder by :func:`micrograph_key` (listed once per run, not per STAR row)."""
-    from cryomap.io.cryoppp import micrograph_key
-    from cryomap.io.micrograph import MICROGRAPH_SUFFIXES
-
-    if not folder.is_dir():
-        return {}
-    out: dict[str, Path] = {}
-    for q in sorted(folder.iterdir()):
-        if q.suffix.lower() in MICROGRAPH_SUFFIXES:
-            out.setdefault(micrograph_key(q), q)
-    return out
-
-
-def _plan_star(star_path: Path, skip_bad: bool, skipped: list[tuple[str, str]]) -> tuple[list[MicrographJob], pd.DataFrame]:
-    from cryomap.io.star import read_star
-
-    table = read_star(star_path).particles
-    need = {"rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName"}
-    if not need <= set(table.columns):
-        raise BadInputError(f"STAR file has no coordinate columns (needs {', '.join(sorted(need))})", star_path)
-    jobs = []
-    for name, rows in table.groupby("rlnMicrographName", sort=False):
-        path = _resolve_micrograph(str(name), star_path)
-        if path is None:
-            if skip_bad:
-                skipped.append((str(name), "not on disk"))
-                continue
-            raise BadInputError(f"micrograph {name} named in the STAR file is not on disk", star_path)
-        rows = rows.rename(columns={"rlnCoordinateX": "x", "rlnCoordinateY": "y"})
-        rows = rows[[c for c in rows.columns if c not in REWRITTEN]].reset_index(drop=True)
-        jobs.append(MicrographJob(path, str(name), rows))
-    return jobs, table
-
-
-def _star_apix(table: pd.DataFrame | None) -> float | None:
-    if table is None:
-        return None
-    for col in ("rlnMicrographPixelSize", "rlnImagePixelSize"):
-        if col in table:
-            vals = pd.to_numeric(table[col], errors="coerce").dropna().unique()
-            if len(vals) == 1 and vals[0] > 0:
-                return float(vals[0])
-    return None
 
 
 # --------------------------------------------------------------------------- per-micrograph work
@@ -274,6 +128,22 @@ def _prepare(job: MicrographJob, p: _Params) -> _Prepared:
     return _Prepared(job, xi, yi, kept, kept & ~fits, info.apix)
 
 
+@dataclass(frozen=True)
+class _FileTarget:
+    """Per-micrograph output: the worker writes a whole ``.mrcs`` of its own (``--stack-per-micrograph``)."""
+
+    path: Path
+    apix: float
+
+    def write(self, index: int, images: np.ndarray) -> tuple[int, float, float, float, float]:
+        from cryomap.io.mrc import StackWriter
+
+        with StackWriter(self.path, n=len(images), box=images.shape[-1], apix=self.apix, force=True) as w:
+            stats = w.target.write(0, images)
+            w.record(0, stats)
+        return stats
+
+
 def extract_micrograph(path: Path, xi: np.ndarray, yi: np.ndarray, p: _Params, target, index: int,
                        n_expected: int) -> dict:
     """Read one micrograph, cut/bin/normalise its particles and write them into the stack at ``index``.
@@ -307,10 +177,15 @@ def _worker_init() -> None:
         os.environ[var] = "1"
 
 
-def _run_jobs(prepared: list[_Prepared], params: _Params, target, workers: int):
-    """Yield (prepared job, result) in job order; with workers > 1 a spawn process pool, bounded window."""
+def _run_jobs(prepared: list[_Prepared], params: _Params, target, workers: int, file_targets=None):
+    """Yield (prepared job, result) in job order; with workers > 1 a spawn process pool, bounded window.
+
+    ``target`` is the shared stack's :class:`StackTarget`; ``file_targets`` (one per job) replaces it
+    when every micrograph gets its own stack.
+    """
     def args(pj: _Prepared):
-        return (pj.job.path, pj.xi, pj.yi, params, target, pj.index, int(pj.kept.sum()))
+        t = file_targets[id(pj)] if file_targets is not None else target
+        return (pj.job.path, pj.xi, pj.yi, params, t, pj.index, int(pj.kept.sum()))
 
     if workers <= 1:
         for pj in prepared:
@@ -354,6 +229,7 @@ def extract_particles(
     apix: float | None = None,
     force: bool = False,
     progress: bool = True,
+    stack_per_micrograph: bool = False,
 ) -> ExtractResult:
     """Extract particles from a CryoPPP folder or a STAR file into ``out_dir``.
 
@@ -361,8 +237,9 @@ def extract_particles(
     doc), ``diameter`` px, ``bin_factor`` ≥ 1 (Fourier crop), ``bg_radius`` px of the output box,
     ``apix`` Å/px of the micrographs (overrides headers). ``edge`` is ``"skip"`` or ``"pad"``.
     Writes ``particles.mrcs`` + ``particles.star`` atomically into ``out_dir`` (a folder that must
-    not exist unless ``force``). Raises :class:`BadInputError` for bad input, naming the file; a
-    run that writes no particles is an error.
+    not exist unless ``force``); with ``stack_per_micrograph`` one ``stacks/<stem>_particles.mrcs``
+    per micrograph instead of ``particles.mrcs``. Raises :class:`BadInputError` for bad input,
+    naming the file; a run that writes no particles is an error.
     """
     from cryomap.io.atomic import atomic_dir, check_writable
     from cryomap.io.mrc import StackWriter
@@ -371,7 +248,7 @@ def extract_particles(
     from cryomap.progress import progress_bar
 
     t0 = time.perf_counter()
-    _micrographs_by_key.cache_clear()
+    clear_caches()
     source, out_dir = Path(source), Path(out_dir)
     if edge not in EDGE_POLICIES:
         raise BadInputError(f"edge policy must be one of {', '.join(EDGE_POLICIES)}, got {edge!r}", source)
@@ -381,9 +258,9 @@ def extract_particles(
     notes: set[str] = set()
     skipped: list[tuple[str, str]] = []
     if source.is_dir():
-        jobs, star_table = _plan_folder(source, notes)
+        jobs, star_table = plan_folder(source, notes)
     elif source.suffix.lower() == ".star":
-        jobs, star_table = _plan_star(source, skip_bad, skipped)
+        jobs, star_table = plan_star(source, skip_bad, skipped)
     else:
         raise BadInputError("extract needs a CryoPPP dataset folder or a .star file", source)
 
@@ -422,7 +299,7 @@ def extract_particles(
     # pixel size: --apix, else the micrograph headers (which must agree), else the STAR
     apix_known = True
     header_apix = [pj.apix for pj in prepared if pj.apix is not None]
-    mic_apix = apix if apix is not None else (header_apix[0] if header_apix else _star_apix(star_table))
+    mic_apix = apix if apix is not None else (header_apix[0] if header_apix else star_pixel_size(star_table))
     if apix is None and header_apix:
         for pj in prepared:
             if pj.apix is not None and abs(pj.apix - mic_apix) > 1e-3 * mic_apix:
@@ -443,20 +320,37 @@ def extract_particles(
     frames: list[pd.DataFrame] = []
     n_edge = n_padded = n_done_mics = n_written = 0
     with atomic_dir(out_dir, force=force) as tmp_dir:
-        writer = StackWriter(tmp_dir / STACK_NAME, n=n_total, box=out_box, apix=out_apix)
+        file_targets, stack_names = None, {}
+        if stack_per_micrograph:
+            (tmp_dir / "stacks").mkdir()
+            file_targets, used = {}, set()
+            for i, pj in enumerate(prepared):
+                stem = Path(pj.job.name).stem
+                stem = stem if stem not in used else f"{stem}_{i}"
+                used.add(stem)
+                stack_names[id(pj)] = f"stacks/{stem}_particles.mrcs"
+                file_targets[id(pj)] = _FileTarget(tmp_dir / stack_names[id(pj)], out_apix)
+            writer = None
+        else:
+            writer = StackWriter(tmp_dir / STACK_NAME, n=n_total, box=out_box, apix=out_apix)
         try:
             with progress_bar() as bar:
                 task = bar.add_task("extracting", total=len(prepared), visible=progress)
-                for pj, res in _run_jobs(prepared, params, writer.target, workers):
+                target = writer.target if writer is not None else None
+                for pj, res in _run_jobs(prepared, params, target, workers, file_targets):
                     bar.advance(task)
                     if "error" in res:
                         if skip_bad:
                             skipped.append((pj.job.name, res["error"]))
                             continue
                         raise BadInputError(res["error"], res["path"])
-                    writer.record(pj.index, res["stats"])
                     rows = _output_rows(pj, mic_apix)
-                    rows.insert(0, "rlnImageName", [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))])
+                    if writer is not None:
+                        writer.record(pj.index, res["stats"])
+                        names = [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))]
+                    else:
+                        names = [format_image_name(k + 1, stack_names[id(pj)]) for k in range(len(rows))]
+                    rows.insert(0, "rlnImageName", names)
                     if edge == "pad":
                         rows["rlnCryomapEdgePadded"] = pj.padded[pj.kept].astype(np.int64)
                     frames.append(rows)
@@ -468,14 +362,16 @@ def extract_particles(
                 raise BadInputError(
                     "no particles were written (every micrograph was bad: "
                     + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) + ")", source)
-            writer.close()
+            if writer is not None:
+                writer.close()
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
         table = _finish_table(pd.concat(frames, ignore_index=True), mic_apix, out_apix, out_box, notes)
         write_star(tmp_dir / STAR_NAME, table)
     return ExtractResult(
-        stack_path=out_dir / STACK_NAME, star_path=out_dir / STAR_NAME, n_micrographs=n_done_mics,
+        stack_path=out_dir / ("stacks" if stack_per_micrograph else STACK_NAME), star_path=out_dir / STAR_NAME, n_micrographs=n_done_mics,
         n_particles=int(len(table)), n_skipped_edge=n_edge, n_padded=n_padded, box=box, out_box=out_box,
         apix=out_apix, apix_known=apix_known, seconds=time.perf_counter() - t0,
         skipped_micrographs=skipped, notes=sorted(notes))
