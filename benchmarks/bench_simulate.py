@@ -84,10 +84,14 @@ def main() -> None:
         print(f"{r['n']:>10} {r['wall_s']:>8.1f} {r['particles_per_s']:>12.1f} {r['peak_rss_mb']:>12.0f} {r['disk_mb']:>8.0f}")
     scaling = rows[1]["wall_s"] / rows[0]["wall_s"]
     print(f"10k/1k wall-time ratio: {scaling:.1f} (10 = linear)")
-    proj = _projector_vs_library()
+    from cryomap.simulate.threads import torch_threads
+
+    with torch_threads(1):  # both sides single-threaded, as cryomap runs them
+        proj = _projector_vs_library()
     print(f"projector, {proj['n']} × {proj['box']}²: cached DFT {proj['cryomap_projector_s']:.2f} s vs "
           f"project_3d_to_2d per batch {proj['library_per_batch_s']:.2f} s (×{proj['speedup']:.1f})")
-    rec = _reconstruct_rate()
+    with torch_threads(1):
+        rec = _reconstruct_rate()
     print(f"reconstruct {rec['n']} × {rec['box']}²: {rec['wall_s']:.1f} s ({rec['particles_per_s']:.0f} particles/s)")
     out = Path("bench_out")
     out.mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ import torch
 from cryomap.simulate.angles import euler_to_matrix
 from cryomap.simulate.ctf import CtfParams, ctf_2d, subset
 from cryomap.simulate.projection import fourier_shift_images
+from cryomap.simulate.threads import torch_threads
 
 
 def reconstruct(
@@ -30,6 +31,7 @@ def reconstruct(
     wiener_epsilon: float = 1.0,
     pad_factor: float = 2.0,
     batch_size: int = 256,
+    threads: int | None = 1,
 ) -> np.ndarray:
     """Reconstruct a (D, D, D) map (z, y, x; float32) from images (N, D, D) at RELION poses.
 
@@ -39,7 +41,14 @@ def reconstruct(
     and corrected by a Wiener-style filter with constant ``wiener_epsilon`` (in units of summed
     CTF² weight). Images may be a memory-mapped stack: they are read ``batch_size`` at a time.
     Voxel values are on the scale of the original map (the inverse of ``project``).
+    ``threads``: torch intra-op threads while inserting (see :mod:`cryomap.simulate.threads`).
     """
+    with torch_threads(threads):
+        return _reconstruct(images, rot, tilt, psi, shifts_A, apix, ctf, wiener_epsilon, pad_factor, batch_size)
+
+
+def _reconstruct(images, rot, tilt, psi, shifts_A, apix, ctf, wiener_epsilon, pad_factor, batch_size) -> np.ndarray:
+    """The work of :func:`reconstruct` (arguments as there), run inside its thread setting."""
     from torch_fourier_slice import insert_central_slices_rfft_3d
     from torch_fourier_slice.volume_utils import separable_sinc2_correction
 

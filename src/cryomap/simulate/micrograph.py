@@ -37,7 +37,7 @@ def micrograph_capacity(size: int, box: int, diameter_px: float, packing: float 
         return 0
     area = float(usable + 1) ** 2
     disc = np.pi * diameter_px**2 / 4.0
-    return max(1, int(packing * area / disc)) if usable >= 0 else 0
+    return max(1, int(packing * area / disc))
 
 
 def place_particles(n: int, size: int, box: int, diameter_px: float, rng: np.random.Generator,
