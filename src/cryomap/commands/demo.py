@@ -29,9 +29,5 @@ def register(app: typer.Typer) -> None:
             h = info.get("headline", {}).get(name)
             if h:
                 parts.append(f"{name}: FSC0.143 {h['fsc0.143_A']:.1f} Å, Dice {h['dice']:.2f}")
-        missing = info.get("missing stages", "none")
-        summary(
-            f"demo finished in {time.perf_counter() - t0:.0f} s; " + "; ".join(parts)
-            + ("" if missing == "none" else f"; MISSING: {missing}")
-        )
+        summary(f"demo finished in {time.perf_counter() - t0:.0f} s; " + "; ".join(parts))
         typer.echo(f"report: {report.resolve()}")

@@ -6,8 +6,8 @@ train a 3D U-Net → predict the demo target's map from its held-out particles �
 reconstruction (true poses) → evaluate every map against the truth label → HTML report.
 
 Everything runs on the CPU with the embedded structures; ``quick`` shrinks every stage so the
-whole path takes well under three minutes on two cores (it runs in CI as a test). A stage whose
-code is missing is reported in ``run_summary.json`` (``missing_stages``) and the rest still runs.
+whole path takes well under three minutes on two cores (it runs in CI as a test).
+``run_summary.json`` records the settings, the seconds of every stage and the headline numbers.
 """
 
 from __future__ import annotations
@@ -62,17 +62,15 @@ def quick_settings() -> DemoSettings:
 
 @dataclass
 class StageLog:
+    """Seconds per stage, in the order they ran."""
+
     seconds: dict[str, float] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
 
     def run(self, name: str, fn, *args, **kwargs):
-        """Run one stage, timing it; an ImportError (stage not built yet) is recorded, not raised."""
+        """Run one stage and record how long it took."""
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
-        except ImportError as exc:
-            self.missing[name] = f"stage code missing: {exc}"
-            return None
         finally:
             self.seconds[name] = round(time.perf_counter() - t0, 2)
 
@@ -109,6 +107,37 @@ def _extract(s: DemoSettings, folders: list[Path], out: Path) -> dict[str, Path]
         summary(res.summary_line())
         stars[folder.name] = res.star_path
     return stars
+
+
+def _particles_figure(folder: Path, star: Path, out_png: Path, n_show: int = 8) -> Path:
+    """The demo target's first micrograph with its picks, and extracted particles over their clean projections."""
+    from cryomap.evaluate.figures import particles_figure
+    from cryomap.io.micrograph import read_micrograph
+    from cryomap.io.mrc import read_stack
+    from cryomap.io.star import image_locations, read_star
+
+    extracted = read_star(star)
+    df = extracted.particles
+    first = df["rlnMicrographName"].iloc[0]
+    rows = np.flatnonzero(df["rlnMicrographName"].to_numpy() == first)
+    mic = read_micrograph(folder / "micrographs" / Path(first).name)
+    coords = df[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)[rows]
+    idx, stacks = image_locations(extracted)
+    shown = rows[:n_show]
+    images = np.stack([read_stack(stacks[r]).data[idx[r]] for r in shown])
+    # the clean stack has the simulation's row order: pair rows by micrograph and coordinates
+    clean_table = read_star(folder / "clean" / "particles.star")
+    cdf = clean_table.particles
+    key = lambda d, r: (Path(str(d["rlnMicrographName"].iloc[r])).name, round(float(d["rlnCoordinateX"].iloc[r])), round(float(d["rlnCoordinateY"].iloc[r])))  # noqa: E731
+    where = {key(cdf, r): r for r in range(len(cdf))}
+    cidx, cstacks = image_locations(clean_table)
+    matched = [where.get(key(df, r)) for r in shown]
+    clean = None
+    if all(m is not None for m in matched):
+        clean = np.stack([read_stack(cstacks[m]).data[cidx[m]] for m in matched])
+    box = int(images.shape[-1] * float(df["rlnImagePixelSize"].iloc[0]) / mic.apix)
+    return particles_figure(mic.data, coords, box, images, clean, out_png,
+                            title=f"{folder.name}: simulated micrograph {Path(first).name}, extracted particles and their truth")
 
 
 def _build_dataset(s: DemoSettings, stars: dict[str, Path], sim_dir: Path, out: Path) -> Path:
@@ -191,53 +220,35 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
     headline: dict = {}
 
     folders = log.run("simulate", _simulate, s, out / "simulated")
-    if not folders:
-        raise BadInputError("the simulation stage is missing; nothing to run (" + "; ".join(log.missing.values()) + ")")
     stars = log.run("extract", _extract, s, folders, out / "particles")
-    if stars is None:  # extraction missing: fall back to the simulation's own (clean-free) selected STAR
-        stars = {f.name: f / "ground_truth" / f"{f.name}_particles_selected.star" for f in folders}
-    dataset_dir = log.run("dataset", _build_dataset, s, stars, out / "simulated", out / "dataset")
+    target = s.demo_target
+    figures_dir = out / "figures"
+    figures_dir.mkdir()
+    _particles_figure(out / "simulated" / target, stars[target], figures_dir / f"{target}_particles.png")
+    dataset_dir = Path(log.run("dataset", _build_dataset, s, stars, out / "simulated", out / "dataset"))
     maps_dir = out / "maps"
     maps_dir.mkdir()
-    target = s.demo_target
-    truth = None
-    manifest = None
-    if dataset_dir is not None:
-        manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
-        entries = {e["name"]: e for e in manifest["targets"]}
-        truth_md = read_map(Path(dataset_dir) / entries[target]["label"])
-        truth, label_apix = truth_md.data, truth_md.apix
-        labels = [read_map(Path(dataset_dir) / e["label"]).data for e in manifest["targets"]]
-    else:  # no dataset stage: the truth on the label grid made here
-        from cryomap.labels import make_label
-
-        truth_md = make_label(read_map(out / "simulated" / target / "maps" / f"{target}_truth.mrc"), apix=s.label_apix, box=s.label_box)
-        truth, label_apix, labels = truth_md.data, truth_md.apix, [truth_md.data]
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    entries = {e["name"]: e for e in manifest["targets"]}
+    truth_md = read_map(dataset_dir / entries[target]["label"])
+    truth, label_apix = truth_md.data, truth_md.apix
+    labels = {e["name"]: read_map(dataset_dir / e["label"]).data for e in manifest["targets"]}
     write_mrc(maps_dir / "truth_label.mrc", truth, label_apix, origin=truth_md.origin)
 
     maps: dict[str, np.ndarray] = {}
-    model_path = None
-    if dataset_dir is not None:
-        model_path = log.run("train", _train, s, Path(dataset_dir), out / "train")
-    if model_path is not None:
-        pred = log.run("predict", _predict, Path(model_path), target, maps_dir / "unet_prediction.mrc")
-        if pred is not None:
-            maps["U-Net prediction"] = pred.data
-    heldout = manifest and {e["name"]: e for e in manifest["targets"]}[target]["subsets"].get("heldout")
-    oracle = log.run("reconstruct", _oracle, s, stars[target], heldout)
-    if oracle is not None:
-        p_apix, recs = oracle
-        for key, name in (("full", "oracle (all particles)"), ("heldout", "oracle (held-out particles)")):
-            if key in recs:
-                m = normalize_map(_to_label_grid(recs[key], p_apix, label_apix, s.label_box))
-                write_mrc(maps_dir / f"oracle_{key}.mrc", m, label_apix, origin=truth_md.origin)
-                maps[name] = m
-        for h in ("half1", "half2"):
-            write_mrc(maps_dir / f"oracle_{h}.mrc", recs[h], p_apix)
-    maps["mean training label"] = mean_label(labels)
-    if manifest is not None and len(manifest["targets"]) > 1:
-        others = [lab for e, lab in zip(manifest["targets"], labels) if e["name"] != target]
-        maps["mean label of other targets"] = mean_label(others)
+    model_path = log.run("train", _train, s, dataset_dir, out / "train")
+    maps["U-Net prediction"] = log.run("predict", _predict, Path(model_path), target, maps_dir / "unet_prediction.mrc").data
+    p_apix, recs = log.run("reconstruct", _oracle, s, stars[target], entries[target]["subsets"].get("heldout"))
+    for key, name in (("full", "oracle (all particles)"), ("heldout", "oracle (held-out particles)")):
+        if key in recs:
+            m = normalize_map(_to_label_grid(recs[key], p_apix, label_apix, s.label_box))
+            write_mrc(maps_dir / f"oracle_{key}.mrc", m, label_apix, origin=truth_md.origin)
+            maps[name] = m
+    for h in ("half1", "half2"):
+        write_mrc(maps_dir / f"oracle_{h}.mrc", recs[h], p_apix)
+    maps["mean training label"] = mean_label(list(labels.values()))
+    if len(labels) > 1:
+        maps["mean label of other targets"] = mean_label([lab for name, lab in labels.items() if name != target])
     maps.update(truth_low_passed(truth, label_apix))
 
     # evaluate every map against the truth label (and the oracle half sets against each other)
@@ -255,12 +266,10 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
             "fsc0.143_A": f["resolution_fsc0.143_A"], "fsc0.5_A": f["resolution_fsc0.5_A"], "cc_mean": mm["cc_mean"],
             "dice": mm["dice"], "iou": mm["iou"], "dice_equal_volume": mm["dice_equal_volume"], "contour": mm["contour"],
         }
-    if oracle is not None:
-        p_apix, recs = oracle
-        ev = score_map(recs["half1"], recs["half2"], p_apix, name="oracle half sets (gold standard)")
-        write_evaluation(eval_dir / "90_oracle_half_sets", ev, pred_path=maps_dir / "oracle_half1.mrc",
-                         truth_path=maps_dir / "oracle_half2.mrc", extra_info={"reference": "half 2"}, force=True)
-        headline["oracle half sets (gold standard)"] = {"fsc0.143_A": ev.metrics["fsc"]["resolution_fsc0.143_A"]}
+    ev = score_map(recs["half1"], recs["half2"], p_apix, name="oracle half sets (gold standard)")
+    write_evaluation(eval_dir / "90_oracle_half_sets", ev, pred_path=maps_dir / "oracle_half1.mrc",
+                     truth_path=maps_dir / "oracle_half2.mrc", extra_info={"reference": "half 2"}, force=True)
+    headline["oracle half sets (gold standard)"] = {"fsc0.143_A": ev.metrics["fsc"]["resolution_fsc0.143_A"]}
     log.seconds["evaluate"] = round(time.perf_counter() - t0, 2)
 
     run_summary = {
@@ -269,19 +278,13 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
         "targets": ", ".join(s.targets),
         "label grid": f"{s.label_box}³ at {s.label_apix:g} Å/voxel (Nyquist {2 * s.label_apix:g} Å)",
         "particles per target": s.n_particles,
-        "missing stages": "; ".join(f"{k}: {v}" for k, v in log.missing.items()) or "none",
+        "seconds before the report": round(time.perf_counter() - t_start, 1),
         "stage seconds": log.seconds,
         "settings": {k: str(v) for k, v in asdict(s).items()},
+        "headline": headline,
     }
     (out / "run_summary.json").write_text(json.dumps(run_summary, indent=2))
-    t0 = time.perf_counter()
-    report = build_report(out, out / "report.html", force=True, title=f"cryomap demo: {target}")
-    log.seconds["report"] = round(time.perf_counter() - t0, 2)
-    total = round(time.perf_counter() - t_start, 1)
-    run_summary["stage seconds"] = log.seconds
-    run_summary["total seconds"] = total
-    run_summary["headline"] = headline
+    report = log.run("report", build_report, out, out / "report.html", force=True, title=f"cryomap demo: {target}")
+    run_summary["total seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "run_summary.json").write_text(json.dumps(run_summary, indent=2))
-    # rebuild so the page shows the final timings (cheap: figures only)
-    build_report(out, out / "report.html", force=True, title=f"cryomap demo: {target}")
     return report

@@ -4,8 +4,8 @@
 
 * evaluation folders (any ``metrics.json`` written by ``cryomap evaluate`` or the demo): the
   metrics table, one FSC plot with every curve, and the maps they name (``pred_path`` or the
-  aligned ``scored_map.mrc``, and ``truth_path``) for slices, projections and
-  maximum-intensity projections;
+  aligned ``scored_map.mrc``, and ``truth_path``) for slices, projections,
+  maximum-intensity projections and shaded isosurfaces;
 * Lightning CSV logs (``metrics.csv``): the loss curves;
 * other PNG figures (e.g. preprocessing figures): shown as they are;
 * ``run_summary.json`` when present (the demo's stage timings and settings).
@@ -150,7 +150,7 @@ figure img{max-width:100%;border:1px solid #ddd}details{margin:6px 0;font-size:0
 
 def build_report(run_dir: str | Path, out_html: str | Path, *, force: bool = False, title: str | None = None) -> Path:
     """Write one self-contained HTML report for ``run_dir``; returns the path."""
-    from cryomap.evaluate.figures import fsc_figure, loss_figure, views_figure
+    from cryomap.evaluate.figures import fsc_figure, isosurface_figure, loss_figure, views_figure
     from cryomap.evaluate.score import FSC_CSV, read_fsc_csv
 
     run_dir = Path(run_dir)
@@ -197,6 +197,9 @@ def build_report(run_dir: str | Path, out_html: str | Path, *, force: bool = Fal
                 for kind, cap in (("slice", "central slices"), ("sum", "projections (sum along the axis)"), ("max", "maximum-intensity projections")):
                     p = views_figure(maps, kind, tmp / f"views_{kind}.png")
                     figs.append(_img(png_data_uri(p), cap))
+                contour = next((i["metrics"].get("contour") for _, i in evaluations if i.get("reference", "truth") == "truth"), None)
+                p = isosurface_figure(maps, tmp / "isosurfaces.png", reference="truth" if "truth" in maps else None, contour=contour)
+                figs.append(_img(png_data_uri(p), "isosurfaces (each map contoured to enclose the truth's volume at the Dice contour)"))
                 parts.append(_section("Maps: " + ", ".join(maps), "".join(figs)))
         else:
             parts.append(_section("Metrics", "<p>No evaluation (metrics.json) found in this run folder.</p>"))
