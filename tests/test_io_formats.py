@@ -79,21 +79,53 @@ def test_cs_shifts_are_blob_pixels_not_angstrom(tmp_path):
     np.testing.assert_allclose(df["rlnDefocusU"], 12000)
 
 
-def test_cs_poses_roundtrip_through_euler(tmp_path):
-    from scipy.spatial.transform import Rotation
+def _pyem_expmap(e: np.ndarray) -> np.ndarray:
+    """pyem.geom.expmap as pyem writes it (its skew matrix is transposed: it returns Rodrigues(e)ᵀ)."""
+    theta = np.linalg.norm(e)
+    w = e / theta
+    k = np.array([[0, w[2], -w[1]], [-w[2], 0, w[0]], [w[1], -w[0], 0]])
+    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
 
-    angles = np.array([[30.0, 60.0, -45.0], [120.0, 10.0, 5.0]])
-    # the RELION matrix A of (rot, tilt, psi) is the transpose of scipy's intrinsic ZYZ matrix;
-    # pyem stores expmap(pose) == A
-    A = Rotation.from_euler("ZYZ", angles, degrees=True).as_matrix().transpose(0, 2, 1)
+
+def test_cs_poses_follow_pyem_csparc2star(tmp_path):
+    """pyem sets RELION's Euler matrix A(rot, tilt, psi) = expmap(pose); cryomap must give the same angles."""
+    from cryomap.simulate.angles import euler_to_matrix
+
+    rng = np.random.default_rng(4)
+    poses = rng.uniform(-1.5, 1.5, (5, 3))
     dt = np.dtype([("alignments3D/pose", "<f4", (3,)), ("blob/psize_A", "<f4"), ("alignments3D/shift", "<f4", (2,))])
-    arr = np.zeros(2, dtype=dt)
-    arr["alignments3D/pose"] = Rotation.from_matrix(A).as_rotvec()
+    arr = np.zeros(5, dtype=dt)
+    arr["alignments3D/pose"] = poses
     arr["blob/psize_A"] = 1.0
     with open(tmp_path / "p.cs", "wb") as fh:
         np.save(fh, arr)
     df = read_cs(tmp_path / "p.cs")
-    np.testing.assert_allclose(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), angles, atol=1e-3)
+    ours = euler_to_matrix(df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"])
+    for a, pose in zip(ours, arr["alignments3D/pose"].astype(float)):
+        np.testing.assert_allclose(a, _pyem_expmap(pose), atol=1e-5)
+    # the inverse rotation (the old, wrong reading) would not match
+    assert not np.allclose(ours[0], _pyem_expmap(poses[0]).T, atol=1e-3)
+    # gimbal lock, decomposed as RELION/pyem do (rot = 0): 30° about z is psi = 30°
+    from cryomap.io.cs import _euler_zyz_from_rotvec
+
+    np.testing.assert_allclose(_euler_zyz_from_rotvec(np.array([[0.0, 0.0, np.pi / 6]])), [[0.0, 0.0, 30.0]],
+                               atol=1e-9)
+
+
+def test_cs_shift_uses_alignment_pixel_size_and_optics_group_is_one_based(tmp_path):
+    dt = np.dtype([("blob/psize_A", "<f4"), ("alignments3D/psize_A", "<f4"), ("alignments3D/shift", "<f4", (2,)),
+                   ("alignments3D/pose", "<f4", (3,)), ("ctf/exp_group_id", "<u4")])
+    arr = np.zeros(2, dtype=dt)
+    arr["blob/psize_A"] = 1.0
+    arr["alignments3D/psize_A"] = 2.0  # refined on 2x binned images: shifts are in 2 Å pixels
+    arr["alignments3D/shift"] = [[1.5, -1.0], [0.0, 3.0]]
+    arr["ctf/exp_group_id"] = [0, 3]
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, arr)
+    df = read_cs(tmp_path / "p.cs")
+    np.testing.assert_allclose(df["rlnOriginXAngst"], [3.0, 0.0])
+    np.testing.assert_allclose(df["rlnOriginYAngst"], [-2.0, 6.0])
+    assert list(df["rlnOpticsGroup"]) == [1, 4]
 
 
 def test_cryoppp_csv_real_file(shared_data):
@@ -221,7 +253,7 @@ def test_describe_reports_content(shared_data):
     s = describe(shared_data / "star" / "relion31.star")
     assert "5 particles" in s and "2.806 Å/px" in s and "optics groups: 1" in s
     c = describe(shared_data / "star" / "empiar_10076_7.cs")
-    assert "7 particles" in c and "1.31 Å/px" in c and "blob pixels" in c
+    assert "7 particles" in c and "1.31 Å/px" in c and "pixels, not Å" in c
     m = describe(shared_data / "maps" / "70S_ribosome_65px.mrc")
     assert "(65, 65, 65)" in m and "not in header" in m
     st = describe(shared_data / "star" / "relion31.mrcs")
@@ -284,3 +316,68 @@ def test_mrc_modes_int16_uint16_float16_read_as_float32(tmp_path):
         m = read_mrc(tmp_path / f"m_{np.dtype(dtype).name}.mrc")
         assert m.data.dtype == np.float32 and m.apix == pytest.approx(1.25)
         np.testing.assert_array_equal(m.data, arr.astype(np.float32))
+
+
+def test_image_names_both_ways():
+    from cryomap.io.star import format_image_name, parse_image_name
+
+    assert format_image_name(12, "Extract/job3/particles.mrcs") == "000012@Extract/job3/particles.mrcs"
+    assert parse_image_name("000012@Extract/job3/particles.mrcs") == (12, "Extract/job3/particles.mrcs")
+    assert parse_image_name(" 7@a@b.mrcs ") == (7, "a@b.mrcs")  # only the first '@' splits
+    assert parse_image_name("single.mrc") == (1, "single.mrc")
+    for i in (1, 99, 123456, 1234567):
+        assert parse_image_name(format_image_name(i, "s.mrcs")) == (i, "s.mrcs")
+    with pytest.raises(ValueError):
+        format_image_name(0, "s.mrcs")
+    with pytest.raises(ValueError):
+        parse_image_name("x@s.mrcs")
+
+
+def test_relion30_pixel_origins_become_angstrom(shared_data, tmp_path):
+    import starfile
+
+    raw = starfile.read(shared_data / "star" / "relion30_sample.star")
+    t = read_star(shared_data / "star" / "relion30_sample.star")
+    p = t.particles
+    assert "rlnOriginX" not in p and "rlnOriginXAngst" in p
+    np.testing.assert_allclose(p["rlnOriginXAngst"], raw["rlnOriginX"] * t.pixel_size, atol=1e-6)
+    np.testing.assert_allclose(p["rlnOriginYAngst"], raw["rlnOriginY"] * t.pixel_size, atol=1e-6)
+    # written as RELION 3.1 the shifts are in Å, where RELION 3.1 looks for them
+    write_star(tmp_path / "o.star", p)
+    blocks = starfile.read(tmp_path / "o.star", always_dict=True)
+    assert "rlnOriginXAngst" in blocks["particles"] and "rlnOriginX" not in blocks["particles"]
+
+
+def test_real_stacks_through_their_star_and_cs_files(shared_data, tmp_path):
+    """The STAR and .cs of EMPIAR-10076 name the same 7 images; relion31.star names its 5; round trips keep them."""
+    import mrcfile
+
+    from cryomap.io.mrc import read_stack
+    from cryomap.io.star import image_locations
+
+    star_path = shared_data / "star" / "empiar_10076_7.star"
+    t = read_star(star_path)
+    idx, stacks = image_locations(t)
+    stack = read_stack(stacks[0], apix=t.pixel_size, mmap=False)
+    cs = read_cs(shared_data / "star" / "empiar_10076_7.cs")
+    cs_idx = cs["rlnImageName"].str.split("@").str[0].astype(int).to_numpy() - 1
+    cs_stack = resolve_blob_path(cs["rlnImageName"].iloc[0].split("@")[1], shared_data / "star" / "empiar_10076_7.cs")
+    assert cs_stack == stacks[0] and list(cs_idx) == list(idx)
+    images = stack.data[idx]
+    assert images.shape == (7, 320, 320) and images.std() > 0
+    with mrcfile.open(stacks[0]) as mrc:  # what mrcfile itself reads
+        np.testing.assert_array_equal(images, np.asarray(mrc.data, dtype=np.float32)[idx])
+    # write → read keeps the arrays and the pixel size (taken from the STAR: this header has none)
+    out = write_mrc(tmp_path / "p.mrcs", images, t.pixel_size)
+    back = read_stack(out)
+    np.testing.assert_array_equal(np.asarray(back.data), images)
+    assert back.apix == pytest.approx(t.pixel_size, rel=1e-6)
+    r31 = read_star(shared_data / "star" / "relion31.star")
+    idx31, stacks31 = image_locations(r31)
+    s31 = read_stack(stacks31[0], mmap=True)
+    assert s31.data.shape == (5, 256, 256) and list(idx31) == list(range(5))
+    assert (r31.particles["rlnImageSize"] == 256).all()
+    out = write_mrc(tmp_path / "r31.mrcs", s31.data, r31.pixel_size)
+    back = read_stack(out)
+    np.testing.assert_array_equal(np.asarray(back.data), np.asarray(s31.data))
+    assert back.apix == pytest.approx(2.806, rel=1e-6)

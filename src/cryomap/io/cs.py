@@ -16,11 +16,18 @@ cryomap reads and their units (cryoSPARC's own conventions):
   ``location/micrograph_shape`` (rows, cols) → ``rlnCoordinateX/Y`` in micrograph pixels;
   ``location/micrograph_path`` → ``rlnMicrographName``.
 - ``alignments3D/pose`` is an axis-angle rotation vector (radians) → RELION ZYZ
-  ``rlnAngleRot/Tilt/Psi`` (degrees), following pyem's ``csparc2star`` (the RELION matrix is the
-  transpose of cryoSPARC's).
-- ``alignments3D/shift`` and ``alignments2D/shift`` are in **pixels of the blob** (not Å, unlike
-  ``ctf/*_A``): ``rlnOriginXAngst/YAngst = shift × blob/psize_A``. Reading them as Å is the
-  classic unit bug this module exists to avoid.
+  ``rlnAngleRot/Tilt/Psi`` (degrees), exactly as pyem's ``csparc2star`` converts it: RELION's
+  matrix ``A(rot, tilt, psi)`` is the transpose of the rotation the vector describes
+  (``Rotation.from_rotvec(pose).as_matrix().T``).
+- ``alignments3D/shift`` and ``alignments2D/shift`` are in **pixels** (not Å, unlike
+  ``ctf/*_A``) of the alignment's own pixel size ``alignments*/psize_A`` when the file has it,
+  else of ``blob/psize_A``: ``rlnOriginXAngst/YAngst = shift × psize_A`` (pyem does the same).
+  Reading them as Å, or as pixels of a differently-binned blob, is the classic unit bug this
+  module exists to avoid.
+- ``ctf/exp_group_id`` → ``rlnOpticsGroup`` = id + 1, as pyem does (RELION groups start at 1).
+- Coordinates are taken in the orientation of the micrograph cryoSPARC stored (x = column,
+  y = row, no flip). pyem's ``csparc2star`` flips y by default (``1 − center_y_frac``) to match
+  micrographs motion-corrected outside cryoSPARC; flip yourself if your micrographs are those.
 """
 
 from __future__ import annotations
@@ -55,15 +62,20 @@ def _text(values: np.ndarray) -> list[str]:
 def _euler_zyz_from_rotvec(rotvec: np.ndarray) -> np.ndarray:
     """RELION (rot, tilt, psi) degrees from cryoSPARC axis-angle vectors (n, 3), as pyem does.
 
-    pyem's ``csparc2star`` takes the matrix ``expmap(pose)`` as RELION's Euler matrix ``A``.
-    RELION builds ``A = Rz(psi) Ry(tilt) Rz(rot)`` from passive rotations, which equals the
-    transpose of scipy's active intrinsic ``ZYZ`` matrix of (rot, tilt, psi); hence the angles are
-    scipy's ``ZYZ`` Euler angles of ``A^T``, i.e. of the inverse rotation vector.
-    Not validated against a cryoSPARC refinement here (the reference .cs has no poses).
+    pyem's ``csparc2star`` takes RELION's Euler matrix as ``A = geom.expmap(pose)``, and pyem's
+    ``expmap`` returns the *transpose* of the Rodrigues matrix (``R.T``, R = scipy's
+    ``from_rotvec``). RELION's ``A(rot, tilt, psi)`` equals the transpose of scipy's intrinsic
+    ``ZYZ`` matrix of the same angles. ``A = Rᵀ`` is decomposed with RELION's own
+    ``Euler_matrix2angles`` rule (:func:`cryomap.simulate.angles.matrix_to_euler`, the same as
+    pyem's ``rot2euler``, including rot = 0 at the gimbal lock). Checked against pyem's formulas
+    in tests/test_io_formats.py (the reference .cs has no poses to check against).
     """
     from scipy.spatial.transform import Rotation
 
-    return Rotation.from_rotvec(rotvec).inv().as_euler("ZYZ", degrees=True)
+    from cryomap.simulate.angles import matrix_to_euler
+
+    a = Rotation.from_rotvec(np.asarray(rotvec, dtype=np.float64).reshape(-1, 3)).as_matrix().transpose(0, 2, 1)
+    return np.column_stack(matrix_to_euler(a))
 
 
 def cs_to_dataframe(arr: np.ndarray, cs_path: Path | None = None) -> pd.DataFrame:
@@ -100,12 +112,14 @@ def cs_to_dataframe(arr: np.ndarray, cs_path: Path | None = None) -> pd.DataFram
         if f"{prefix}/pose" in names and prefix == "alignments2D" and "rlnAnglePsi" not in df:
             df["rlnAnglePsi"] = np.degrees(np.asarray(arr[f"{prefix}/pose"], dtype=float)).reshape(len(arr))
         if f"{prefix}/shift" in names and "rlnOriginXAngst" not in df:
-            shift_px = np.asarray(arr[f"{prefix}/shift"], dtype=float)  # pixels of the blob, NOT Å
-            if apix is None:
+            shift_px = np.asarray(arr[f"{prefix}/shift"], dtype=float)  # pixels, NOT Å
+            # pixels of the alignment's own sampling when recorded, else of the blob (pyem does the same)
+            psize = np.asarray(arr[f"{prefix}/psize_A"], dtype=float) if f"{prefix}/psize_A" in names else apix
+            if psize is None:
                 df["rlnOriginX"], df["rlnOriginY"] = shift_px[:, 0], shift_px[:, 1]
             else:
-                df["rlnOriginXAngst"] = shift_px[:, 0] * apix
-                df["rlnOriginYAngst"] = shift_px[:, 1] * apix
+                df["rlnOriginXAngst"] = shift_px[:, 0] * psize
+                df["rlnOriginYAngst"] = shift_px[:, 1] * psize
         if f"{prefix}/class" in names and "rlnClassNumber" not in df:
             df["rlnClassNumber"] = np.asarray(arr[f"{prefix}/class"], dtype=np.int64) + 1
     optics = {
@@ -120,8 +134,8 @@ def cs_to_dataframe(arr: np.ndarray, cs_path: Path | None = None) -> pd.DataFram
         df["rlnImagePixelSize"] = np.round(apix, 6)
     if "blob/shape" in names:
         df["rlnImageSize"] = np.asarray(arr["blob/shape"])[:, 0].astype(np.int64)
-    if "ctf/exp_group_id" in names:
-        df["rlnOpticsGroup"] = np.asarray(arr["ctf/exp_group_id"], dtype=np.int64)
+    if "ctf/exp_group_id" in names:  # 1-based in RELION; pyem adds 1 as well
+        df["rlnOpticsGroup"] = np.asarray(arr["ctf/exp_group_id"], dtype=np.int64) + 1
     return df
 
 

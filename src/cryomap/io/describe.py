@@ -35,7 +35,7 @@ def _describe_mrc(path: Path, apix: float | None) -> list[str]:
             "pixel size: " + (f"{header_apix:.4f} Å/px" if header_apix else
                                "not in header (cell is 0)" + (f"; using --apix {apix} Å/px" if apix else "; pass --apix")),
             f"origin: ({float(h.origin.x):g}, {float(h.origin.y):g}, {float(h.origin.z):g}) Å",
-            f"values{' (first 64 images)' if data.ndim == 3 and len(data) > 64 else ''}: "
+            f"values{(' (first 64 ' + ('sections' if kind == 'volume' else 'images') + ')') if data.ndim == 3 and len(data) > 64 else ''}: "
             f"min {sample.min():.4g}, max {sample.max():.4g}, mean {sample.mean():.4g}, std {sample.std():.4g}",
         ]
     return lines
@@ -86,7 +86,8 @@ def describe(path: str | Path, apix: float | None = None) -> str:
         arr = read_cs_array(path)
         lines = _describe_table(path, cs_to_dataframe(arr, path), None, "cryoSPARC .cs table")
         lines.append(f"cs fields: {_columns(arr.dtype.names)}")
-        lines.append("note: cryoSPARC alignments*/shift are in blob pixels (converted to Å above); ctf/*_A are Å")
+        lines.append("note: cryoSPARC alignments*/shift are in pixels, not Å (× alignments*/psize_A, else "
+                     "blob/psize_A, gives rlnOriginX/YAngst above); ctf/*_A are Å")
     elif suffix in (".csv", ".box"):
         from cryomap.io.coords import read_coordinates
 

@@ -120,7 +120,7 @@ def _upgrade_relion30(particles: pd.DataFrame) -> pd.DataFrame:
 
     Adds ``rlnOpticsGroup`` 1 and ``rlnOpticsGroupName``, derives ``rlnImagePixelSize`` (Å/px) as
     ``rlnDetectorPixelSize`` (µm) × 1e4 / ``rlnMagnification`` when the file has no pixel size,
-    and moves the optics columns that are constant to the end, in the order :func:`write_star`
+    turns pixel origins ``rlnOriginX/Y`` into ``rlnOriginX/YAngst`` (as RELION 3.1 does), and moves the optics columns that are constant to the end, in the order :func:`write_star`
     writes them, so that ``read_star(write_star(read_star(f)))`` equals ``read_star(f)``.
     """
     df = particles.copy()
@@ -133,6 +133,7 @@ def _upgrade_relion30(particles: pd.DataFrame) -> pd.DataFrame:
         apix = (det * 1e4 / mag).astype(float)
         if apix.notna().all() and (apix > 0).all():
             df["rlnImagePixelSize"] = apix.round(6)
+    df = _origins_to_angstrom(df)
     if "rlnOpticsGroup" not in df:
         df["rlnOpticsGroup"] = np.int64(1)
     if "rlnOpticsGroupName" not in df:
@@ -141,6 +142,29 @@ def _upgrade_relion30(particles: pd.DataFrame) -> pd.DataFrame:
     optics, parts = split_optics(df)
     moved = [c for c in df.columns if c in optics.columns and c != "rlnOpticsGroup"]
     return df[list(parts.columns) + moved]
+
+
+def _origins_to_angstrom(df: pd.DataFrame) -> pd.DataFrame:
+    """RELION 3.0 ``rlnOriginX/Y/Z`` (px) → 3.1 ``rlnOriginX/Y/ZAngst`` (Å), in place of the old columns.
+
+    RELION 3.1 converts the same way when it reads a 3.0 file (and ignores pixel origins in a
+    file with an optics block), so a 3.0 table written back as 3.1 keeps its shifts. Needs one
+    pixel size per row (``rlnImagePixelSize``/``rlnPixelSize``); without it the columns stay.
+    """
+    size_col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in df), None)
+    if size_col is None:
+        return df
+    apix = pd.to_numeric(df[size_col], errors="coerce")
+    if not (apix.notna().all() and (apix > 0).all()):
+        return df
+    for axis in ("X", "Y", "Z"):
+        old, new = f"rlnOrigin{axis}", f"rlnOrigin{axis}Angst"
+        if old in df and new not in df:
+            # 6 decimals, as the STAR writer keeps them (so read → write → read is exact)
+            values = (pd.to_numeric(df[old], errors="coerce").astype(float) * apix).round(6)
+            df.insert(df.columns.get_loc(old), new, values)
+            df = df.drop(columns=[old])
+    return df
 
 
 def split_optics(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
