@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cryomap.cli import main
 
 
@@ -38,3 +40,51 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.startswith("cryomap: error:") and "\n" not in err, (args, err)
         assert not out.exists()
+
+
+def _junk(tmp_path):
+    bad = tmp_path / "inputs" / "junk.cif"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(b"\x00\x01 this is not a structure\n")
+    return ["--structure", str(bad)], "junk.cif"
+
+
+def _empty(tmp_path):
+    empty = tmp_path / "inputs" / "empty.pdb"
+    empty.parent.mkdir(exist_ok=True)
+    empty.write_text("HEADER    EMPTY MODEL\nEND\n")
+    return ["--structure", str(empty)], "empty.pdb"
+
+
+ISSUE3_BAD_INPUTS = {
+    # name: (arguments, or a maker of (arguments, file name); what the line must say; must it name the file)
+    "unreadable structure": (_junk, "not a readable", True),
+    "empty model": (_empty, "no atoms", True),
+    "box too small": (["--builtin", "1BHL", "--box", "16"], "too small for 1BHL", False),
+    "SNR zero": (["--builtin", "1BHL", "--snr", "0"], "SNR must be a positive", False),
+    "SNR negative": (["--builtin", "1BHL", "--snr", "-0.5"], "SNR must be a positive", False),
+    "micrograph smaller than the box": (["--builtin", "1BHL", "--micrograph-size", "20"], "smaller than", False),
+    "too many particles for the micrographs": (["--builtin", "1BHL", "--particles", "500", "--micrographs", "1",
+                                                "--micrograph-size", "128"], "hold at most", False),
+}
+
+
+@pytest.mark.parametrize("case", list(ISSUE3_BAD_INPUTS))
+def test_issue3_bad_inputs_one_line_nothing_written(tmp_path, capsys, case):
+    args, says, names_file = ISSUE3_BAD_INPUTS[case]
+    culprit = None
+    if callable(args):
+        args, culprit = args(tmp_path)
+    out = tmp_path / "sim"
+    capsys.readouterr()
+    argv = ["simulate", *args, "--apix", "2.5", "-o", str(out)]
+    if "--particles" not in args:
+        argv += ["--particles", "5"]
+    rc = main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("cryomap: error:"), lines
+    assert says in lines[0], lines[0]
+    if names_file:
+        assert culprit in lines[0], lines[0]
+    assert not out.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -372,8 +372,12 @@ def simulate_dataset(
 
             with progress_bar() as bar:
                 task = bar.add_task("simulating micrographs", total=sum(t.n_micrographs for t in targets))
-                for t, s in zip(targets, seeds):
-                    manifests.append(simulate_target(t, p, tmp / t.id, s, bar, task))
+                try:
+                    for t, s in zip(targets, seeds):
+                        manifests.append(simulate_target(t, p, tmp / t.id, s, bar, task))
+                except BaseException:
+                    bar.live.transient = True  # erase the bar: the error line stays the only output
+                    raise
         else:
             for t, s in zip(targets, seeds):
                 manifests.append(simulate_target(t, p, tmp / t.id, s))
