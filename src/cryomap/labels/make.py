@@ -34,16 +34,45 @@ def make_label(
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold applies to the normalised map and must lie in [0, 1], got {threshold}")
     data, origin = resample_with_origin(map.data, map.apix, apix, map.origin)
-    if level is not None:
-        # the contour is given in the input map's units; Fourier resampling keeps values (preserve mean)
-        level = float(level)
-    boxed = fit_box(data, box, apix=apix, level=level)
+    # ``level`` is in the input map's units: Fourier resampling keeps values (it preserves the mean)
+    boxed = fit_box(data, box, apix=apix, level=None if level is None else float(level))
     shift = box_origin_shift(data.shape, box, apix)
     origin = (origin[0] + shift[0], origin[1] + shift[1], origin[2] + shift[2])
     label = normalize_map(boxed)
     if threshold is not None:
         label = threshold_map(label, threshold)
     return MrcData(label.astype(np.float32), float(apix), origin)
+
+
+def to_xyz_space(src: MrcData, path: str | Path) -> MrcData:
+    """Put a map read from ``path`` in (z, y, x) order with the origin (Å) other programs use.
+
+    ``read_map`` gives the data in file order and the header ``origin`` only. Two header fields
+    change where the density is, so they are applied here:
+
+    * axis order ``MAPC/MAPR/MAPS`` other than 1/2/3: the array is transposed to (z, y, x);
+    * ``origin`` all zero with a non-zero ``NCSTART/NRSTART/NSSTART`` (older and many EMDB maps):
+      the origin is the start index times the voxel size, as Chimera, ChimeraX and IMP read it.
+    """
+    import mrcfile
+
+    with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+        h = mrc.header
+        order = (int(h.maps), int(h.mapr), int(h.mapc))  # spatial axis (1 = x, 2 = y, 3 = z) of data axes 0, 1, 2
+        starts = (int(h.nzstart), int(h.nystart), int(h.nxstart))  # mrcfile's nx/ny/nzstart are NC/NR/NSSTART
+    data = src.data
+    if order == (0, 0, 0):  # some old writers leave the fields empty: the standard order is meant
+        order = (3, 2, 1)
+    if sorted(order) != [1, 2, 3]:
+        raise BadInputError(f"header axis order MAPC/MAPR/MAPS = {order[::-1]} is not a permutation of 1, 2, 3", path)
+    if order != (3, 2, 1):
+        axes = [order.index(a) for a in (3, 2, 1)]
+        data = np.ascontiguousarray(np.transpose(data, axes))
+        starts = tuple(starts[i] for i in axes)
+    origin = src.origin
+    if all(o == 0 for o in origin) and any(starts):
+        origin = (starts[2] * src.apix, starts[1] * src.apix, starts[0] * src.apix)
+    return MrcData(data, src.apix, tuple(float(o) for o in origin))
 
 
 def make_label_file(
@@ -72,6 +101,7 @@ def make_label_file(
         if in_apix is None and "voxel size" in err.message:
             raise BadInputError("header holds no voxel size (cell is 0); give it with --in-apix", map_path) from err
         raise
+    src = to_xyz_space(src, map_path)
     try:
         label = make_label(src, apix=apix, box=box, threshold=threshold, level=level)
     except MoleculeDoesNotFitError as err:
