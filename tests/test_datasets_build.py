@@ -261,3 +261,51 @@ def test_datasets_pickle_for_workers_without_their_memory_maps(by_targets, raw):
     again = pickle.loads(pickle.dumps(imgs))
     np.testing.assert_array_equal(again[np.array([25, 0])], imgs[np.array([25, 0])])
     np.testing.assert_array_equal(again[np.array([25])][0], raw[2]["a"][25])  # second stack, STAR order
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fraction_splits_put_each_target_in_one_split(seed):
+    """By targets with fractions: every target in exactly one split, train never empty, sizes as asked."""
+    from cryomap.datasets.build import assign_target_splits, particle_subsets
+    from cryomap.datasets.config import DatasetConfig
+
+    names = [f"t{i}" for i in range(7)]
+    cfg = DatasetConfig.model_validate({
+        "targets": [{"name": n, "particles": f"{n}.star", "map": f"{n}.mrc"} for n in names],
+        "split": {"by": "targets", "val_fraction": 0.3, "test_fraction": 0.15, "particle_holdout": 0.2},
+    })
+    rng = np.random.default_rng(seed)
+    split = assign_target_splits(cfg, rng)
+    counts = {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
+    assert counts == {"train": 4, "val": 2, "test": 1} and set(split) == set(names)
+    for n in names:
+        sub = particle_subsets(50, split[n], cfg, rng)
+        used = [i for k in ("train", "val", "heldout") for i in sub[k]]
+        assert sorted(used) == list(range(50))  # disjoint and complete within a target
+        if split[n] == "train":
+            assert not sub["val"] and len(sub["heldout"]) == 10
+        elif split[n] == "val":
+            assert not sub["train"] and len(sub["heldout"]) == 10
+        else:
+            assert not sub["train"] and not sub["val"]
+
+
+def test_validation_passes_repeat_and_epochs_differ_through_lightning_sampler(by_targets):
+    """The same val loader iterated twice gives the same batches; set_epoch pins training draws."""
+    import torch
+
+    from cryomap.datasets.datamodule import DensityDataModule
+
+    dm = DensityDataModule(by_targets, batch_size=1, samples_per_epoch=2, seed=0, val_draws_per_target=2)
+    dm.setup("fit")
+    val = dm.val_dataloader()
+    p1, p2 = [c for c, _ in val], [c for c, _ in val]
+    assert len(p1) == 2 and all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert not torch.equal(p1[0], p1[1])  # two different fixed draws of the val target
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(3)
+    e3 = [c for c, _ in loader]
+    loader.sampler.set_epoch(3)
+    assert all(torch.equal(a, b) for a, b in zip(e3, [c for c, _ in loader]))  # resumable: epoch 3 again
+    loader.sampler.set_epoch(4)
+    assert not any(torch.equal(a, b) for a, b in zip(e3, [c for c, _ in loader]))

@@ -124,3 +124,33 @@ def test_unknown_mode_and_missing_inputs():
         build_condition(None, "class-repeated", D, None)
     with pytest.raises(ValueError, match="latents"):
         build_condition(None, "latents", D, None)
+
+
+@pytest.mark.parametrize(("n", "size"), [(64, 32), (65, 32), (64, 33), (33, 65), (48, 16)])
+def test_resize_keeps_relion_centre_for_odd_and_even_sizes(n, size):
+    """Pixel n//2 → size//2: an off-centre Gaussian resized equals the same Gaussian on the new grid.
+
+    (torch-fourier-rescale alone centres odd sizes on (n+1)//2 and misses here by 0.1–0.2.)
+    """
+    s = n / 8
+    g = np.arange(n) - n // 2
+    y, x = np.meshgrid(g, g, indexing="ij")
+    img = np.exp(-((y - 3) ** 2 + (x + 2) ** 2) / (2 * s * s)).astype(np.float32)
+    out = resize_images(img, size)[0]
+    gs = (np.arange(size) - size // 2) * n / size  # output pixel positions in input pixels from the centre
+    ys, xs = np.meshgrid(gs, gs, indexing="ij")
+    np.testing.assert_allclose(out, np.exp(-((ys - 3) ** 2 + (xs + 2) ** 2) / (2 * s * s)), atol=5e-3)
+
+
+def test_classes_shuffled_fresh_per_draw_and_latent_zero_fill_exact_count():
+    classes = particle_images(6, seed=9)
+    top = prepare_images(classes[:3], D)
+    orders = {tuple(which_images(build_condition(None, "classes-shuffled", D, np.random.default_rng(s),
+                                                 class_averages=classes, n_images=3), top)) for s in range(4)}
+    assert len(orders) > 1  # a new order per draw (each epoch's key gives a new rng)
+    for o in orders:
+        assert sorted(np.bincount(o, minlength=3).tolist()) == [5, 5, 6]  # ⌊16/3⌋ or ⌈16/3⌉ each
+    lat = np.random.default_rng(0).normal(size=(7, 8)).astype(np.float32)
+    zero = build_condition(None, "latents", D, None, latents=lat, latent_fill="zero")[0].reshape(-1)
+    np.testing.assert_array_equal(zero[: 7 * 8], standardize_latents(lat).reshape(-1))  # no rng: STAR order
+    assert np.count_nonzero(zero[7 * 8 :]) == 0 and zero.size == D**3

@@ -12,6 +12,11 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     aliasing when shrinking: frequencies beyond the new Nyquist are dropped). Non-square images
     are first centre-cropped to their shorter side. Returns float32; a no-op when already
     ``size``×``size``.
+
+    Centre: pixel ``n//2`` of the input lands on pixel ``size//2`` of the output (RELION's centre,
+    even and odd sizes). The library centres an odd axis on ``(n+1)//2`` instead, so odd input and
+    output sizes are shifted by one pixel around it; the images are periodic to the DFT, so the
+    (circular) shift is exact.
     """
     arr = np.asarray(images, dtype=np.float32)
     if arr.ndim == 2:
@@ -26,8 +31,13 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     import torch
     from torch_fourier_rescale import fourier_rescale_2d
 
+    if h % 2:
+        arr = np.roll(arr, 1, axis=(-2, -1))  # pixel h//2 → (h+1)//2, the library's centre
     out, _ = fourier_rescale_2d(torch.from_numpy(np.ascontiguousarray(arr)), target_shape=(size, size))
-    return out.numpy().astype(np.float32, copy=False)
+    res = out.numpy().astype(np.float32, copy=False)
+    if size % 2:
+        res = np.ascontiguousarray(np.roll(res, -1, axis=(-2, -1)))  # (size+1)//2 → size//2
+    return res
 
 
 def standardize_images(images: np.ndarray) -> np.ndarray:
