@@ -4,8 +4,11 @@ Two simulated targets (gemmi maps of 1BHL and 7PBL; particle stacks of noise ima
 the content does not change the timing), for D = 64 and 128. For each D and each condition
 storage (``resized``: images resized to D×D once at build time and memory-mapped;
 ``source``: read + Fourier-resized from the original stack per sample) it measures the build time,
-the dataset's size on disk, and the median time per batch of a DataLoader (main process, warm
-page cache, batch size 1 and 4). Writes ``bench_out/bench_datasets.json``.
+the dataset's size on disk, the median time per batch of a DataLoader in the main process (warm
+page cache, batch size 1 and 4), and the steady-state time per batch of 4 with 2 DataLoader
+workers (where ``source`` does its reading and resizing). The peer is ``resized`` at the same D:
+ratios are ``source`` / ``resized``. Prints the load average before and after (timings on a busy
+machine are inflated). Writes ``bench_out/bench_datasets.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ import pandas as pd
 import yaml
 
 N_PARTICLES = 512  # per target
-N_BATCHES = 10
+N_BATCHES = 20
+WORKERS = 2
+#: Batches timed with workers: many, so that the batches prefetched during start-up weigh little.
+N_BATCHES_WORKERS = 40
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:  # not Linux
+        return "n/a"
 
 
 def _dir_size(path: Path) -> int:
@@ -49,20 +62,23 @@ def make_raw(root: Path, depth: int) -> list[dict]:
     return targets
 
 
-def time_batches(dataset_dir: Path, batch_size: int) -> float:
+def time_batches(dataset_dir: Path, batch_size: int, workers: int = 0) -> float:
+    """Seconds per training batch: the median over N_BATCHES in the main process; with workers the
+    steady-state mean (batches arrive in bursts from prefetching workers, so a median would hide the cost)."""
     from cryomap.datasets.datamodule import DensityDataModule
 
-    dm = DensityDataModule(dataset_dir, batch_size=batch_size, samples_per_epoch=batch_size * (N_BATCHES + 2), seed=0)
+    n = N_BATCHES_WORKERS if workers else N_BATCHES
+    dm = DensityDataModule(dataset_dir, batch_size=batch_size, samples_per_epoch=batch_size * (n + 2),
+                           seed=0, num_workers=workers)
     loader = dm.train_dataloader()
-    times = []
-    t0 = time.perf_counter()
-    for i, (cond, label) in enumerate(loader):
-        t1 = time.perf_counter()
-        if i >= 2:  # the first batches open files and cache the labels
-            times.append(t1 - t0)
-        t0 = t1
-    assert cond.shape[-1] == dm.depth
-    return statistics.median(times)
+    stamps = []
+    for cond, label in loader:
+        stamps.append(time.perf_counter())
+        assert cond.shape == (batch_size, 1) + (dm.depth,) * 3 and label.shape == cond.shape
+    # the first two batches open files, cache the labels and start the workers
+    if workers:
+        return (stamps[-1] - stamps[1]) / (len(stamps) - 2)
+    return statistics.median(b - a for a, b in zip(stamps[1:-1], stamps[2:]))
 
 
 def main() -> None:
@@ -71,6 +87,7 @@ def main() -> None:
     from cryomap.datasets.build import build_dataset
 
     torch.set_num_threads(2)
+    load_before = _loadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -93,21 +110,30 @@ def main() -> None:
                        "dataset_MiB": round(_dir_size(out) / 2**20, 1), "raw_stacks_MiB": round(raw_size / 2**20, 1)}
                 for bs in (1, 4):
                     row[f"batch{bs}_s"] = round(time_batches(out, bs), 4)
+                row[f"batch4_w{WORKERS}_s"] = round(time_batches(out, 4, WORKERS), 4)
                 rows.append(row)
     for depth in (64, 128):
         res, src = (next(r for r in rows if r["D"] == depth and r["storage"] == s) for s in ("resized", "source"))
         for r in (res, src):
-            r["batch4_ratio_vs_resized"] = round(r["batch4_s"] / res["batch4_s"], 2)
+            r["ratio_b4"] = round(r["batch4_s"] / res["batch4_s"], 2)
+            r[f"ratio_b4_w{WORKERS}"] = round(r[f"batch4_w{WORKERS}_s"] / res[f"batch4_w{WORKERS}_s"], 2)
+    load_after = _loadavg()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cols = ["D", "storage", "build_s", "dataset_MiB", "raw_stacks_MiB", "batch1_s", "batch4_s", "batch4_ratio_vs_resized"]
-    print(" | ".join(f"{c:>14}" for c in cols))
+    cols = ["D", "storage", "build_s", "dataset_MiB", "raw_stacks_MiB", "batch1_s", "batch4_s",
+            f"batch4_w{WORKERS}_s", "ratio_b4", f"ratio_b4_w{WORKERS}"]
+    width = max(len(c) for c in cols)
+    print(" | ".join(f"{c:>{width}}" for c in cols))
     for r in rows:
-        print(" | ".join(f"{r[c]!s:>14}" for c in cols))
-    print(f"peak RSS {peak_mib:.0f} MiB; {N_PARTICLES} particles per target, 2 targets, images 2·D px, median of {N_BATCHES} batches")
+        print(" | ".join(f"{r[c]!s:>{width}}" for c in cols))
+    print(f"{N_PARTICLES} particles per target, 2 targets, source images 2·D px; batch*_s: seconds per training batch "
+          f"(main process: median of {N_BATCHES}; w{WORKERS}: {WORKERS} workers, mean of {N_BATCHES_WORKERS}); "
+          f"ratio = source / resized at the same D")
+    print(f"peak RSS {peak_mib:.0f} MiB; load average before {load_before}, after {load_after}")
     out_dir = Path("bench_out")
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "bench_datasets.json").write_text(json.dumps({"rows": rows, "peak_rss_MiB": round(peak_mib),
-                                                              "n_particles_per_target": N_PARTICLES}, indent=1))
+    (out_dir / "bench_datasets.json").write_text(json.dumps(
+        {"rows": rows, "peak_rss_MiB": round(peak_mib), "n_particles_per_target": N_PARTICLES,
+         "loadavg_before": load_before, "loadavg_after": load_after}, indent=1))
 
 
 if __name__ == "__main__":
