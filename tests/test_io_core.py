@@ -53,3 +53,21 @@ def test_truncated_mrc_is_one_clear_error(tmp_path):
     (tmp_path / "cut.mrc").write_bytes(raw[: len(raw) - 100])
     with pytest.raises(BadInputError, match="cut.mrc"):
         read_mrc(tmp_path / "cut.mrc")
+
+
+def test_stack_writer_header_is_an_mrc2014_image_stack(tmp_path):
+    import mrcfile
+
+    imgs = np.random.default_rng(0).normal(size=(6, 8, 8)).astype(np.float32)
+    with StackWriter(tmp_path / "s.mrcs", n=6, box=8, apix=1.5) as w:
+        w.write(imgs)
+    with mrcfile.open(tmp_path / "s.mrcs") as mrc:
+        h = mrc.header
+        assert mrc.is_image_stack() and (int(h.nz), int(h.mz)) == (6, 1)
+        assert mrc.voxel_size.x == pytest.approx(1.5) and mrc.voxel_size.z == pytest.approx(1.5)
+        assert float(h.dmin) == pytest.approx(imgs.min()) and float(h.dmax) == pytest.approx(imgs.max())
+        assert float(h.dmean) == pytest.approx(imgs.mean(), abs=1e-5)
+        assert float(h.rms) == pytest.approx(imgs.std(), rel=1e-4)
+    import io
+
+    assert mrcfile.validate(tmp_path / "s.mrcs", print_file=io.StringIO())

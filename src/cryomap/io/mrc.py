@@ -287,8 +287,9 @@ class StackWriter:
             header = np.frombuffer(bytearray(fh.read(self._header_dtype.itemsize)), dtype=self._header_dtype)
             h = header[0]
             h["nz"] = self.count
-            h["mz"] = self.count
-            h["cella"]["z"] = self.count * self.apix
+            # MRC2014 image stack (ispg 0): mz = 1 and a one-section cell, as mrcfile and RELION write it
+            h["mz"] = 1
+            h["cella"]["z"] = self.apix
             if size:
                 mean = self._sum / size
                 h["dmin"], h["dmax"], h["dmean"] = self._min, self._max, mean
