@@ -241,6 +241,16 @@ def test_real_empiar10017_jpeg_particles_are_centred(shared_data, tmp_path):
     # by many times the rim's pixel-to-pixel noise
     assert abs(centre - rim) > 5 * avg[r > 60].std()
     assert centre < rim
+    # every pick fits a 160 px box here; at 300 px the boxes of the 16 picks nearest the edges leave
+    # the image and are skipped (counted), the others are written once each, in the CSV's order
+    res = extract_particles(src, tmp_path / "out300", 300, progress=False)
+    fits = ((coords["X-Coordinate"] - 150 >= 0) & (coords["X-Coordinate"] + 150 <= 4096)
+            & (coords["Y-Coordinate"] - 150 >= 0) & (coords["Y-Coordinate"] + 150 <= 4096))
+    assert 0 < (~fits).sum() < len(coords)
+    assert res.n_particles == int(fits.sum()) and res.n_skipped_edge == int((~fits).sum())
+    t = read_star(res.star_path).particles
+    np.testing.assert_array_equal(t["rlnCoordinateX"], coords.loc[fits, "X-Coordinate"])
+    np.testing.assert_array_equal(t["rlnCoordinateY"], coords.loc[fits, "Y-Coordinate"])
 
 
 def test_partial_star_match_fills_ctf_and_drops_poses(tmp_path):
