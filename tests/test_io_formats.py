@@ -128,10 +128,15 @@ def test_cs_shift_uses_alignment_pixel_size_and_optics_group_is_one_based(tmp_pa
     assert list(df["rlnOpticsGroup"]) == [1, 4]
 
 
-def test_cryoppp_csv_real_file(shared_data):
-    df = read_coordinates(shared_data / "empiar10017" / "Falcon_2012_06_12-14_33_35_0.csv")
+def test_cryoppp_csv_real_file(shared_data, tmp_path):
+    src = shared_data / "empiar10017" / "Falcon_2012_06_12-14_33_35_0.csv"
+    df = read_coordinates(src)
     assert len(df) == 629 and (df["diameter"] == 108).all()
     assert df.loc[0, "x"] == 3752 and df.loc[0, "y"] == 693
+    # write → read gives the same picks, and the file CryoPPP ships byte for byte (integers, same header)
+    write_cryoppp_csv(tmp_path / "back.csv", df)
+    pd.testing.assert_frame_equal(read_coordinates(tmp_path / "back.csv"), df)
+    assert (tmp_path / "back.csv").read_text().split() == src.read_text().split()
 
 
 def test_coordinate_roundtrips_csv_box_star(tmp_path):
@@ -363,6 +368,12 @@ def test_real_stacks_through_their_star_and_cs_files(shared_data, tmp_path):
     cs_idx = cs["rlnImageName"].str.split("@").str[0].astype(int).to_numpy() - 1
     cs_stack = resolve_blob_path(cs["rlnImageName"].iloc[0].split("@")[1], shared_data / "star" / "empiar_10076_7.cs")
     assert cs_stack == stacks[0] and list(cs_idx) == list(idx)
+    # the .cs table written as RELION 3.1 STAR reads back the same
+    write_star(tmp_path / "cs.star", cs)
+    back_cs = read_star(tmp_path / "cs.star").particles
+    assert list(back_cs["csUid"].astype(str)) == list(cs["csUid"])  # 64-bit UIDs survive exactly
+    cols = [c for c in cs.columns if c != "csUid"]
+    pd.testing.assert_frame_equal(back_cs[cols], cs[cols], check_dtype=False, atol=1e-6)
     images = stack.data[idx]
     assert images.shape == (7, 320, 320) and images.std() > 0
     with mrcfile.open(stacks[0]) as mrc:  # what mrcfile itself reads
