@@ -120,6 +120,7 @@ def main() -> dict:
     box = int(os.environ.get("CRYOMAP_BENCH_BOX", "256"))
     repeats = int(os.environ.get("CRYOMAP_BENCH_REPEATS", "2"))
     results = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cryomap_bench_extract_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -142,14 +143,17 @@ def main() -> dict:
               f"{r['cryomap_w1_peak_rss_mb']:>7.0f} | {r['cryomap_w2_particles_per_s']:>14.0f} {r['cryomap_w2_peak_rss_mb']:>7.0f}"
               f" | {r['peer_particles_per_s']:>9.0f} {r['peer_peak_rss_mb']:>7.0f} | "
               f"{r['cryomap_w1_particles_per_s'] / r['peer_particles_per_s']:>13.2f}")
-    print(f"median of {repeats} runs each; 1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    load_after = os.getloadavg()[0]
+    print(f"median of {repeats} runs each; 1-min load average {load_before:.1f} before, {load_after:.1f} after, "
+          f"on {os.cpu_count()} CPUs (w1/w2 = cryomap with 1/2 worker processes; peer = mrcfile + numpy crop loop, "
+          "stack kept in memory)")
     if len(results) >= 2:
         growth = results[-1]["cryomap_w1_peak_rss_mb"] / results[0]["cryomap_w1_peak_rss_mb"]
         peer_growth = results[-1]["peer_peak_rss_mb"] / results[0]["peer_peak_rss_mb"]
         print(f"peak RSS {results[-1]['micrographs']} vs {results[0]['micrographs']} micrographs: "
               f"cryomap x{growth:.2f}, peer x{peer_growth:.2f}")
     out = {"benchmark": "extract", "micrograph_px": MIC, "particles_per_micrograph": PER_MIC, "repeats": repeats,
-           "load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "results": results,
+           "load_average_1min": [load_before, load_after], "cpus": os.cpu_count(), "results": results,
            "note": "peak RSS per measurement from a fresh subprocess (max of the process and its workers)"}
     Path("bench_out").mkdir(exist_ok=True)
     Path("bench_out/bench_extract.json").write_text(json.dumps(out, indent=2))
