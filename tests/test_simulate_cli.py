@@ -88,3 +88,18 @@ def test_issue3_bad_inputs_one_line_nothing_written(tmp_path, capsys, case):
         assert culprit in lines[0], lines[0]
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_map_source_without_voxel_size_needs_map_apix(shared_data, tmp_path, capsys):
+    from cryomap.io.mrc import read_map
+
+    src = shared_data / "maps" / "70S_ribosome_65px.mrc"  # header cell is 0
+    base = ["simulate", "--structure", str(src), "--particles", "6", "--micrograph-size", "256", "--apix", "2"]
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "70S_ribosome_65px.mrc" in err and "--map-apix" in err and "\n" not in err
+    assert not (tmp_path / "a").exists()
+    assert main([*base, "--map-apix", "1.0", "-o", str(tmp_path / "b")]) == 0
+    truth = read_map(tmp_path / "b" / "70S_ribosome_65px" / "maps" / "70S_ribosome_65px_truth.mrc")
+    assert truth.apix == 2.0 and truth.data.std() > 0

@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         cs: float = typer.Option(2.7, "--cs", help="Spherical aberration in mm."),
         amplitude_contrast: float = typer.Option(0.1, "--amplitude-contrast", help="Amplitude contrast fraction."),
         dose: float = typer.Option(40.0, "--dose", help="Electron dose per micrograph in e⁻/Å²."),
+        map_apix: float = typer.Option(None, "--map-apix", help="Voxel size in Å/px of a --structure map (.mrc) whose header has none."),
         out: Path = typer.Option(Path("simulated"), "-o", "--out", help="Output folder (one sub-folder per target)."),
         force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
         list_: bool = typer.Option(False, "--list", help="List the built-in structures and exit."),
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
             sources, out, n_particles=particles, micrograph_size=micrograph_size, apix=apix, snr=snr,
             defocus_range=defocus, seed=seed, box=box, force=force, n_micrographs=micrographs,
             resolution=resolution, bfactor=bfactor, voltage=voltage, cs=cs,
-            amplitude_contrast=amplitude_contrast, dose=dose,
+            amplitude_contrast=amplitude_contrast, dose=dose, map_apix=map_apix,
         )
         summary(f"simulated {len(folders)} target(s) × {particles} particles at {apix} Å/px, SNR {snr}, "
                 f"in {time.perf_counter() - t0:.1f} s → {out}/ ({', '.join(f.name for f in folders)})")

@@ -68,6 +68,7 @@ class SimulationParams:
     dose: float = 40.0  # e⁻/Å² per micrograph
     ice_fraction: float = 0.25  # share of the noise variance that is CTF-filtered ice structure
     gradient: float = 0.03  # peak relative ice-thickness variation across a micrograph
+    map_apix: float | None = None  # Å/px of a .mrc source whose header holds no voxel size
 
 
 @dataclass
@@ -92,11 +93,11 @@ def _target_id(source: str | Path, path: Path) -> str:
     return Path(name).stem
 
 
-def _map_diameter(path: Path) -> float:
+def _map_diameter(path: Path, map_apix: float | None = None) -> float:
     """Diameter (Å) of the density in a map: twice the largest distance from the box centre of voxels above 5 % of the maximum."""
-    from cryomap.io.mrc import read_map
+    from cryomap.simulate.structure_map import read_source_map
 
-    m = read_map(path)
+    m = read_source_map(path, map_apix)
     v = m.data
     idx = np.argwhere(v > 0.05 * float(v.max()))
     if len(idx) == 0:
@@ -138,7 +139,7 @@ def plan_targets(structures: Sequence[str | Path], p: SimulationParams) -> list[
             tid, k = f"{base}_{k}", k + 1
         seen.add(tid)
         if _is_map(path):
-            diameter, mass = _map_diameter(path), None
+            diameter, mass = _map_diameter(path, p.map_apix), None
         else:
             diameter, mass = model_extent(path)
         box = p.box or default_box(diameter, p.apix)
@@ -222,7 +223,7 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
     (folder / "maps").mkdir()
     (folder / "clean").mkdir()
 
-    truth = structure_to_map(target.source, p.apix, target.box, p.resolution)
+    truth = structure_to_map(target.source, p.apix, target.box, p.resolution, map_apix=p.map_apix)
     write_mrc(folder / "maps" / f"{target.id}_truth.mrc", truth.data, p.apix)
     projector = Projector(truth.data)
     table = _draw_particles(target, p, rng)

@@ -104,6 +104,7 @@ def structure_to_map(
     apix: float,
     box: int,
     resolution: float | None = None,
+    map_apix: float | None = None,
 ) -> MrcData:
     """Electron-scattering density of an atomic model (or an existing map) on a ``box``³ grid of ``apix`` Å/px.
 
@@ -111,6 +112,7 @@ def structure_to_map(
     :func:`builtin_structures`) or a ``.mrc`` map (resampled to ``apix`` and padded/cropped to
     ``box`` about its centre). The model's centre of mass sits at voxel ``box // 2``.
     ``resolution`` (Å) low-passes the map; gemmi's own blur keeps the sampled atoms alias-free.
+    ``map_apix`` (Å/px) is the voxel size of a ``.mrc`` source whose header holds none.
     Raises :class:`BadInputError` for an unreadable or empty model, or a box smaller than the molecule.
     """
     if apix <= 0:
@@ -119,7 +121,7 @@ def structure_to_map(
         raise BadInputError(f"box must be at least 8 px, got {box}")
     path = resolve_source(source)
     if _is_map(path):
-        data = _map_to_grid(path, apix, box)
+        data = _map_to_grid(path, apix, box, map_apix)
     else:
         data = _model_to_grid(path, apix, box)
     if resolution is not None:
@@ -163,11 +165,21 @@ def _model_to_grid(path: Path, apix: float, box: int) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 1, 0)).astype(np.float32)
 
 
-def _map_to_grid(path: Path, apix: float, box: int) -> np.ndarray:
-    """Resample an MRC map to ``apix`` (Fourier cropping/padding) and pad/crop it to ``box`` about its centre."""
+def read_source_map(path: Path, map_apix: float | None = None) -> MrcData:
+    """Read a source map; one without a voxel size in its header needs ``map_apix`` (``--map-apix``)."""
     from cryomap.io.mrc import read_map
 
-    m = read_map(path)
+    try:
+        return read_map(path, apix=map_apix)
+    except BadInputError as err:
+        if "no voxel size" in err.message:  # read_map's hint names --apix, which here is the output sampling
+            raise BadInputError("map header holds no voxel size (cell is 0); give it with --map-apix", path) from err
+        raise
+
+
+def _map_to_grid(path: Path, apix: float, box: int, map_apix: float | None = None) -> np.ndarray:
+    """Resample an MRC map to ``apix`` (Fourier cropping/padding) and pad/crop it to ``box`` about its centre."""
+    m = read_source_map(path, map_apix)
     vol = m.data
     if vol.shape[0] != vol.shape[1] or vol.shape[1] != vol.shape[2]:
         raise BadInputError(f"map must be cubic, found {vol.shape}", path)
