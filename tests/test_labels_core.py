@@ -143,3 +143,25 @@ def test_labels_cli(tmp_path, shared_data):
     assert main(["labels", str(src), "-o", str(out), "--box", "96", "--in-apix", "1.2"]) == 2  # exists
     assert main(["labels", str(src), "-o", str(out), "--box", "40", "--in-apix", "1.2", "--force"]) == 2
     assert read_mrc(out).data.shape == (96, 96, 96)  # refused run left the old file alone
+
+
+def test_small_molecule_in_a_big_box_keeps_its_solvent_zero():
+    """Fourier resampling rings into exact-zero solvent; the label must not count that ringing.
+
+    A 20 Å ball in a 205 Å box holds ~0.5 % of the voxels, so if ringing (~1e-4 of the peak)
+    counted as non-zero, the 95th percentile would land in it and half the box would saturate.
+    With the solvent kept at 0 the percentile is taken over the molecule: about 5 % of its
+    voxels reach 1 (a little more of the positive ones, as ringing inside it clips to 0), and
+    nothing away from it is non-zero.
+    """
+    n, apix_in = 64, 3.2
+    z, y, x = np.mgrid[:n, :n, :n] - n // 2
+    r = np.sqrt(x**2 + y**2 + z**2) * apix_in
+    density = np.where(r < 20.0, np.exp(-(r**2) / (2 * 8.0**2)), 0.0).astype(np.float32)
+    label = make_label(MrcData(density, apix_in, (0.0, 0.0, 0.0)), apix=4.0, box=48).data
+    nonzero = label > 0
+    assert (label > 0).mean() < 0.01
+    assert 0.03 <= (label[nonzero] >= 1.0).mean() <= 0.1
+    zz, yy, xx = np.mgrid[:48, :48, :48] - 24
+    far = np.sqrt(xx**2 + yy**2 + zz**2) * 4.0 > 20.0 + 2 * 4.0
+    assert not label[far].any()

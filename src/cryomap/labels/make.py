@@ -10,7 +10,7 @@ from cryomap.errors import BadInputError
 from cryomap.io.mrc import MrcData, read_map, write_mrc
 from cryomap.labels.box import MoleculeDoesNotFitError, box_origin_shift, fit_box
 from cryomap.labels.normalize import normalize_map, threshold_map
-from cryomap.labels.resample import resample_with_origin
+from cryomap.labels.resample import resample_support, resample_with_origin
 
 
 def make_label(
@@ -24,7 +24,8 @@ def make_label(
     """Turn a density map into a training label on a ``box``^3 grid of ``apix`` Å/voxel.
 
     Steps, in the report's order: Fourier resampling to ``apix`` (centred; see
-    :mod:`cryomap.labels.resample`), centred crop/zero-pad to ``box``^3 (refusing a molecule that
+    :mod:`cryomap.labels.resample`; voxels outside the input's non-zero region stay exactly 0,
+    as real-space resampling would leave them), centred crop/zero-pad to ``box``^3 (refusing a molecule that
     does not fit, see :mod:`cryomap.labels.box`; ``level`` overrides the contour in map units),
     cryo2struct normalisation to [0, 1], then, if ``threshold`` is given, 0/1 binarisation
     (``>= threshold`` → 1). The returned origin (Å) keeps the density where it was in space.
@@ -34,6 +35,12 @@ def make_label(
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold applies to the normalised map and must lie in [0, 1], got {threshold}")
     data, origin = resample_with_origin(map.data, map.apix, apix, map.origin)
+    support = np.asarray(map.data) != 0
+    if data.shape != map.data.shape or not np.isclose(map.apix, apix, rtol=1e-6):
+        if not support.all():
+            # keep the input's exact zeros: the cryo2struct percentile counts only non-zero voxels,
+            # and Fourier ringing in the solvent would otherwise pull it to ~1e-4 of the peak
+            data = np.where(resample_support(support, map.apix, apix, data.shape), data, np.float32(0))
     # ``level`` is in the input map's units: Fourier resampling keeps values (it preserves the mean)
     boxed = fit_box(data, box, apix=apix, level=None if level is None else float(level))
     shift = box_origin_shift(data.shape, box, apix)
