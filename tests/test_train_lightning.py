@@ -49,9 +49,19 @@ def diffusion_runs(tmp_path_factory) -> tuple[Path, Path]:
     """An uninterrupted 4-step (2-epoch) diffusion run and one stopped after 2 steps then resumed."""
     base = tmp_path_factory.mktemp("runs")
     full, part = base / "full", base / "part"
-    train(config_from_dict(_config(DIFF, 4)), full)
-    train(config_from_dict(_config(DIFF, 2)), part)
-    train(config_from_dict(_config(DIFF, 4)), part, resume=True)
+    import lightning.pytorch as pl
+
+    class Interrupt(pl.Callback):  # stop the same 4-step run after its first epoch (2 steps)
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step >= 2:
+                trainer.should_stop = True
+
+    # a warm-up + cosine learning rate (its shape depends on max_steps): resume must restore the scheduler
+    cfg = config_from_dict(_config(DIFF, 4, optim={"schedule": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1}))
+    train(cfg, full)
+    train(cfg, part, callbacks=[Interrupt()])
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    train(cfg, part, resume=True)
     return full, part
 
 
@@ -86,6 +96,46 @@ def test_resume_gives_the_same_loss_curve(diffusion_runs):
     wa, wb = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-7)
+
+
+def test_ema_warmup_follows_early_weights_and_checkpoints_its_count():
+    from cryomap.train.modules import EMA
+
+    net = torch.nn.Linear(3, 2)
+    w0 = net.weight.detach().clone()
+    ema = EMA(net, decay=0.999, warmup=True)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0)/(10 + 0)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    torch.testing.assert_close(ema.net.weight, 0.1 * w0 + 0.9 * (w0 + 1.0))
+    assert int(ema.num_updates) == 1 and ema.current_decay() == pytest.approx(2 / 11)
+    for _ in range(20_000):
+        ema.num_updates += 1
+    assert ema.current_decay() == 0.999  # long runs reach the configured decay
+    restored = EMA(torch.nn.Linear(3, 2), decay=0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert int(restored.num_updates) == int(ema.num_updates)
+    plain = EMA(net, decay=0.999, warmup=False)
+    before = plain.net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    plain.update(net)
+    torch.testing.assert_close(plain.net.weight, 0.999 * before + 0.001 * net.weight.detach())
+
+
+def test_learning_rate_schedules():
+    from cryomap.train.modules import lr_lambda, make_optimizer
+
+    assert lr_lambda("constant", 0, 100) is None
+    warm = lr_lambda("constant", 4, 100)
+    assert [warm(i) for i in (0, 3, 4, 50)] == [0.25, 1.0, 1.0, 1.0]
+    cos = lr_lambda("cosine", 2, 12, min_ratio=0.1)
+    assert cos(0) == 0.5 and cos(2) == pytest.approx(1.0) and cos(7) == pytest.approx(0.55) and cos(12) == pytest.approx(0.1)
+    assert cos(50) == pytest.approx(0.1)
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    assert isinstance(make_optimizer(p, {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9}), torch.optim.SGD)
+    assert type(make_optimizer(p, {"lr": 0.1, "weight_decay": 0.0})) is torch.optim.AdamW
 
 
 def test_existing_run_needs_force_or_resume(tmp_path, capsys):
@@ -142,9 +192,18 @@ def test_predict_unet_and_diffusion_through_the_cli(tmp_path, diffusion_runs):
     np.testing.assert_allclose(again.map.data, mean.data, rtol=1e-5, atol=1e-6)  # seeded → reproducible
 
 
-def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
-    cfg = _config(UNET, 4)
-    cfg["data"]["synthetic"]["n"] = 8
+def test_ddp_two_cpu_processes_average_gradients(tmp_path):
+    """2 gloo processes × batch 2 must end where 1 process × batch 4 ends.
+
+    The synthetic set holds 4 samples, so every step's global batch is the whole set, split 2 + 2
+    over the ranks (which half goes where depends on Lightning's distributed sampler, which does
+    not matter for the sum). Identical weights on both ranks alone would also hold if each rank
+    just used its own gradient on identical data; equality with the single-process run holds only
+    if the gradients are averaged over the ranks. SGD keeps the comparison linear in the gradient
+    (Adam's g/√v would amplify rounding noise in near-zero gradients to ±lr).
+    """
+    cfg = _config(UNET, 4, optim={"name": "sgd", "lr": 0.5, "momentum": 0.5})
+    cfg["data"]["synthetic"]["n"] = 4
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
@@ -157,7 +216,20 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     check = json.loads((run / "ddp_weights_check.json").read_text())
     assert check["world_size"] == 2
     assert check["identical"] is True and check["max_abs_diff"] == 0.0
-    # the two ranks saw different halves of the data: identical weights mean gradients were averaged
     assert _losses(run)  # rank 0 logged the curve
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
+    # the same 4 steps in one process with the global batch of 4
+    single = dict(cfg, data={**cfg["data"], "batch_size": 4})
+    train(config_from_dict(single), tmp_path / "single")
+    from safetensors.torch import load_file
+
+    from cryomap.train.modules import build_network
+
+    ddp_w, one_w = load_file(str(run / "model.safetensors")), load_file(str(tmp_path / "single" / "model.safetensors"))
+    for k in one_w:
+        torch.testing.assert_close(ddp_w[k], one_w[k], rtol=1e-4, atol=1e-5)
+    # training moved the weights away from their (seeded) initial values, so the equality is not trivial
+    torch.manual_seed(3)  # what seed_everything(3) gives the network's initialisation in train()
+    init = build_network(yaml.safe_load((run / "config.yaml").read_text()), 1).state_dict()
+    assert max(float((one_w[k] - init[k]).abs().max()) for k in init) > 1e-2

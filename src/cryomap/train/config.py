@@ -63,9 +63,20 @@ class DataConfig(BaseModel):
 
 
 class OptimConfig(_Strict):
+    """Optimiser (AdamW by default) and learning-rate schedule (per optimiser step).
+
+    ``schedule``: ``constant``, or ``cosine`` (decay from ``lr`` to ``min_lr_ratio``·lr over the
+    run's steps); either starts with ``warmup_steps`` of linear warm-up from 0.
+    """
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     grad_clip: float | None = None
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
 class TrainerConfig(_Strict):
@@ -102,6 +113,7 @@ class DiffusionConfig(_Strict):
     learn_sigma: bool = True
     vlb_weight: float = 0.001
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = Field(True, description="decay min(ema_decay, (1 + n)/(10 + n)) after n updates, so short runs are not averaged with their random initial weights")
     sample_steps: int = 50
     samples: int = 4
     eta: float = 0.0

@@ -11,6 +11,7 @@ uninterrupted run drew, and DDP ranks draw different noise for their different s
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -43,6 +44,40 @@ def build_diffusion(hparams: dict[str, Any]) -> GaussianDiffusion:
     )
 
 
+def make_optimizer(params, o: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser ``o["name"]`` (adamw, adam, sgd) over ``params``."""
+    name = o.get("name", "adamw")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.0), weight_decay=o["weight_decay"])
+    raise ValueError(f"unknown optimiser {name!r} (adamw, adam, sgd)")
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0):
+    """Multiplier of the base learning rate after ``step`` optimiser steps (None: constant, no warm-up).
+
+    Linear warm-up over ``warmup`` steps, then constant or a cosine from 1 to ``min_ratio`` at
+    step ``total``.
+    """
+    if schedule == "constant" and warmup <= 0:
+        return None
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (constant, cosine)")
+
+    def lam(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return lam
+
+
 class _Base(pl.LightningModule):
     def __init__(self, hparams: dict[str, Any], in_channels: int) -> None:
         super().__init__()
@@ -52,7 +87,13 @@ class _Base(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg["optim"]
-        return torch.optim.AdamW(self.net.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        opt = make_optimizer(self.net.parameters(), o)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        lam = lr_lambda(o.get("schedule", "constant"), int(o.get("warmup_steps", 0)), total, float(o.get("min_lr_ratio", 0.0)))
+        if lam is None:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @property
     def seed(self) -> int:
@@ -92,23 +133,38 @@ class UNetModule(_Base):
 class EMA(torch.nn.Module):
     """Exponential moving average of a network's weights: θ̄ ← d·θ̄ + (1 − d)·θ.
 
+    With ``warmup`` the decay after n updates is min(d, (1 + n)/(10 + n)) (the num_updates rule
+    of TensorFlow's ExponentialMovingAverage): with a fixed d = 0.999, a 300-step run would still
+    give its random initial weights a share of 0.999³⁰⁰ ≈ 74 %; with the warm-up the average
+    follows the weights early and reaches d after ~10⁴ updates, so long runs are unchanged.
+
     Hand-written (instead of Lightning's EMAWeightAveraging callback) so the averaged weights
-    are an ordinary sub-module: saved in every checkpoint, restored bit-exactly by ``--resume``,
-    identical on all DDP ranks, and exported as the weights ``predict`` uses.
+    are an ordinary sub-module: saved in every checkpoint (with the update count), restored
+    bit-exactly by ``--resume``, identical on all DDP ranks, and exported as the weights
+    ``predict`` uses.
     """
 
-    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+    def __init__(self, net: torch.nn.Module, decay: float, warmup: bool = True) -> None:
         super().__init__()
         self.decay = decay
+        self.warmup = warmup
         self.net = copy.deepcopy(net)
         self.net.requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` uses."""
+        n = int(self.num_updates)
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, net: torch.nn.Module) -> None:
+        d = self.current_decay()
         for e, p in zip(self.net.parameters(), net.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - d)
         for e, b in zip(self.net.buffers(), net.buffers()):
             e.copy_(b)
+        self.num_updates += 1
 
 
 class DiffusionModule(_Base):
@@ -120,7 +176,8 @@ class DiffusionModule(_Base):
     def __init__(self, hparams: dict[str, Any], in_channels: int) -> None:
         super().__init__(hparams, in_channels)
         self.diffusion = build_diffusion(hparams)
-        self.ema = EMA(self.net, float(hparams["diffusion"]["ema_decay"]))
+        d = hparams["diffusion"]
+        self.ema = EMA(self.net, float(d["ema_decay"]), bool(d.get("ema_warmup", True)))
 
     def _losses(self, batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cond, label = batch
