@@ -199,11 +199,10 @@ def _oracle(s: DemoSettings, star: Path, heldout: list[int] | None):
 
 def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, settings: DemoSettings | None = None) -> Path:
     """Run the whole path into ``out_dir``; return the path of ``report.html``."""
-    from cryomap.evaluate.baselines import mean_label, truth_low_passed
+    from cryomap.evaluate.baselines import mean_label, scale_to, truth_low_passed
     from cryomap.evaluate.report import build_report
     from cryomap.evaluate.score import score_map, write_evaluation
     from cryomap.io.mrc import read_map, write_mrc
-    from cryomap.labels import normalize_map
 
     t_start = time.perf_counter()
     s = settings or (quick_settings() if quick else DemoSettings())
@@ -241,7 +240,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
     p_apix, recs = log.run("reconstruct", _oracle, s, stars[target], entries[target]["subsets"].get("heldout"))
     for key, name in (("full", "oracle (all particles)"), ("heldout", "oracle (held-out particles)")):
         if key in recs:
-            m = normalize_map(_to_label_grid(recs[key], p_apix, label_apix, s.label_box))
+            # reconstructions come in arbitrary units: a least-squares scale puts them on the label's
+            # (clipping them like a label would saturate the noise and hide the molecule)
+            m = scale_to(truth, _to_label_grid(recs[key], p_apix, label_apix, s.label_box))
             write_mrc(maps_dir / f"oracle_{key}.mrc", m, label_apix, origin=truth_md.origin)
             maps[name] = m
     for h in ("half1", "half2"):

@@ -184,7 +184,9 @@ def isosurface_figure(
     fig = plt.figure(figsize=(2.1 * len(views), 2.1 * len(names) + 0.3))
     for i, name in enumerate(names):
         v = np.asarray(maps[name], np.float32)
-        level = contour_for_volume(v, n_inside)
+        # many voxels tied at the top (a clipped map) would put the level at the maximum, where
+        # marching cubes finds no surface: stay just below it
+        level = min(contour_for_volume(v, n_inside), float(v.max()) - 1e-4 * float(np.ptp(v)))
         try:
             # (z, y, x) array → vertices as (x, y, z) so the plot axes read x, y, z
             verts, faces, normals, _ = marching_cubes(v, level=level, step_size=1 if v.shape[0] <= 64 else 2)

@@ -182,7 +182,10 @@ def build_report(run_dir: str | Path, out_html: str | Path, *, force: bool = Fal
                     "linearly interpolated; ‘–’ where not defined; ‘≤ x*’: the curve never fell below the threshold, x is Nyquist. Dice/IoU: maps binarised at the stated contour "
                     "(truth units); ‘eq. vol.’ binarises each map at the contour enclosing the truth's volume "
                     "(scale-free, fair to maps in other units). The half-set row is the gold-standard FSC between "
-                    "the two half reconstructions (no truth involved).</p>")
+                    "the two half reconstructions (no truth involved). A mean of labels that include the truth "
+                    "(the mean training label when the split is by particles) keeps FSC near 1/√(number of labels) "
+                    "at every frequency, so its FSC resolution says little: judge it by CC and Dice, or by "
+                    "the mean label of the other targets.</p>")
             parts.append(_section("Metrics", metrics_table(evaluations) + note))
             curves = {}
             for folder, info in evaluations:
