@@ -187,19 +187,22 @@ def test_ensemble_mean_std_and_reproducibility(diff):
     assert anc.shape == one.shape and not torch.equal(anc, one)
 
 
-def test_samplers_with_an_oracle_denoiser_return_the_condition(diff):
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_samplers_with_an_oracle_denoiser_return_the_condition(prediction):
     """A denoiser that knows x_0 (here: the condition channel) predicts the exact ε of x_t at the
     *original* timestep it is given. DDIM (η = 0, respaced) then lands on x_0 at every step and
     returns it, and ancestral sampling's last step (posterior mean at t = 0) returns it too. This
     fails if the condition is not re-concatenated at every step, if respaced steps pass the wrong
     original timestep to the model, or if the DDIM/posterior updates are wrong."""
+    diff = GaussianDiffusion.from_schedule("cosine", 1000, prediction=prediction)
     ab = diff.alphas_cumprod
 
     def oracle(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x, x0 = x_in[:, :1], x_in[:, 1:2]
         a = ab[t].to(x.dtype).reshape(-1, 1, 1, 1, 1)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return torch.cat([eps, torch.zeros_like(eps)], 1)
+        out = eps if prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0  # v
+        return torch.cat([out, torch.zeros_like(out)], 1)
 
     g = torch.Generator().manual_seed(5)
     x0 = (torch.rand(2, 1, 6, 6, 6, generator=g, dtype=torch.float64) * 1.8 - 0.9)
@@ -211,3 +214,59 @@ def test_samplers_with_an_oracle_denoiser_return_the_condition(diff):
     anc = diff.respaced(10).p_sample_loop(oracle, x0, x0.shape, generator=torch.Generator().manual_seed(1),
                                           noise=torch.randn(x0.shape, generator=g, dtype=torch.float64))
     torch.testing.assert_close(anc, x0, rtol=0, atol=1e-6)
+
+
+def test_inv_snr_weighting_of_the_eps_term():
+    """w_t = clip(1/SNR_t, 1, cap): 1 where SNR ≥ 1, the cap at the noisiest steps, and
+    w_t·‖ε − ε̂‖² = max(1, 1/SNR)·SNR·‖x_0 − x̂_0‖² (truncated-SNR weighting of the map error)."""
+    uni = GaussianDiffusion.from_schedule("cosine", 1000)
+    snr_w = GaussianDiffusion.from_schedule("cosine", 1000, mse_weighting="inv_snr", mse_weight_cap=20.0)
+    ab = np.cumprod(1 - make_betas("cosine", 1000))
+    snr = ab / (1 - ab)
+    w = snr_w.mse_weights.numpy()
+    assert (uni.mse_weights.numpy() == 1).all()
+    np.testing.assert_allclose(w, np.clip(1 / snr, 1, 20))
+    assert w[0] == 1.0 and w[999] == 20.0 and 1 < w[700] < 20
+    x0 = torch.rand(2, 1, 4, 4, 4, dtype=torch.float64) * 2 - 1
+    cond = torch.randn(2, 1, 4, 4, 4, dtype=torch.float64)
+    out = torch.randn(2, 2, 4, 4, 4, dtype=torch.float64)
+    model = lambda x_in, t: out  # noqa: E731
+    t = torch.tensor([10, 700])
+    noise = torch.randn(2, 1, 4, 4, 4, dtype=torch.float64)
+    a, b = uni.training_losses(model, x0, cond, t, noise), snr_w.training_losses(model, x0, cond, t, noise)
+    torch.testing.assert_close(a["mse"], b["mse"])
+    torch.testing.assert_close(b["loss"], torch.as_tensor(w[[10, 700]]) * a["mse"] + a["vb"])
+    # the weighted ε error equals the truncated-SNR weighted map error
+    x_t = uni.q_sample(x0, t, noise)
+    x0_hat = uni.predict_xstart_from_eps(x_t, t, out[:, :1])
+    map_err = ((x0 - x0_hat) ** 2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(b["loss"] - b["vb"], torch.as_tensor(np.maximum(snr[[10, 700]], 1.0)) * map_err)
+    with pytest.raises(ValueError):
+        GaussianDiffusion.from_schedule("cosine", 10, mse_weighting="p2")
+
+
+def test_v_prediction_loss_weights_the_map_error_by_one_plus_snr():
+    """‖v − v̂‖² = (1 + SNR_t)‖x_0 − x̂_0‖² = ‖ε − ε̂‖²/ᾱ_t, and L_vlb sees the same p(x_{t−1}|x_t)
+    whichever channel layout produced it."""
+    vd = GaussianDiffusion.from_schedule("cosine", 1000, prediction="v")
+    ed = GaussianDiffusion.from_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.rand(2, 1, 4, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(2, 1, 4, 4, 4, generator=g, dtype=torch.float64)
+    out = torch.randn(2, 2, 4, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([30, 900])
+    terms = vd.training_losses(lambda x_in, tt: out, x0, torch.zeros_like(x0), t, noise)
+    x_t = vd.q_sample(x0, t, noise)
+    p = vd.p_mean_variance_from_output(out, x_t, t, clip_denoised=False)
+    ab = vd.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
+    snr = (ab / (1 - ab)).flatten()
+    map_err = ((x0 - p["pred_xstart"]) ** 2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(terms["mse"], (1 + snr) * map_err)
+    torch.testing.assert_close(terms["mse"], ((noise - p["eps"]) ** 2).mean(dim=(1, 2, 3, 4)) / ab.flatten())
+    # the ε model given the implied ε̂ predicts the same reverse step
+    p_eps = ed.p_mean_variance_from_output(torch.cat([p["eps"], out[:, 1:]], 1), x_t, t, clip_denoised=False)
+    torch.testing.assert_close(p_eps["mean"], p["mean"])
+    torch.testing.assert_close(
+        ed.vb_terms_bpd(torch.cat([p["eps"], out[:, 1:]], 1), x0, x_t, t), vd.vb_terms_bpd(out, x0, x_t, t))
+    with pytest.raises(ValueError):
+        GaussianDiffusion.from_schedule("cosine", 10, prediction="x0")

@@ -184,12 +184,15 @@ def test_predict_unet_and_diffusion_through_the_cli(tmp_path, diffusion_runs):
     # diffusion: mean map and per-voxel std of K samples
     full, _ = diffusion_runs
     dout = tmp_path / "d.mrc"
-    assert cli(["predict", str(full), "--particles", str(star), "-o", str(dout), "--samples", "2", "--steps", "3"]) == 0
+    assert cli(["predict", str(full), "--particles", str(star), "-o", str(dout), "--samples", "2", "--steps", "3",
+                "--batch", "2"]) == 0
     mean, std = read_map(dout), read_map(tmp_path / "d_std.mrc")
     assert mean.data.shape == std.data.shape == (D, D, D)
     assert float(std.data.mean()) > 0
     again = predict_map(full, star, samples=2, steps=3)
-    np.testing.assert_allclose(again.map.data, mean.data, rtol=1e-5, atol=1e-6)  # seeded → reproducible
+    # seeded → reproducible, and (η = 0) independent of how many samples ran through the net together
+    # (up to float32 rounding: batched convolutions sum in another order)
+    np.testing.assert_allclose(again.map.data, mean.data, rtol=1e-4, atol=1e-4)
 
 
 def test_ddp_two_cpu_processes_average_gradients(tmp_path):

@@ -112,6 +112,9 @@ class DiffusionConfig(_Strict):
     steps: int = Field(1000, ge=2)
     learn_sigma: bool = True
     vlb_weight: float = 0.001
+    prediction: Literal["eps", "v"] = Field("eps", description="what the network's mean channel predicts: eps (the paper) or v (see docs)")
+    mse_weighting: Literal["uniform", "inv_snr"] = Field("uniform", description="weight of the ε term per t: uniform (the paper) or inv_snr = clip(1/SNR_t, 1, mse_weight_cap)")
+    mse_weight_cap: float = Field(20.0, ge=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_warmup: bool = Field(True, description="decay min(ema_decay, (1 + n)/(10 + n)) after n updates, so short runs are not averaged with their random initial weights")
     sample_steps: int = 50

@@ -40,7 +40,9 @@ def build_network(hparams: dict[str, Any], in_channels: int) -> torch.nn.Module:
 def build_diffusion(hparams: dict[str, Any]) -> GaussianDiffusion:
     d = hparams["diffusion"]
     return GaussianDiffusion.from_schedule(
-        d["schedule"], d["steps"], learn_sigma=d["learn_sigma"], vlb_weight=d["vlb_weight"]
+        d["schedule"], d["steps"], learn_sigma=d["learn_sigma"], vlb_weight=d["vlb_weight"],
+        mse_weighting=d.get("mse_weighting", "uniform"), mse_weight_cap=float(d.get("mse_weight_cap", 20.0)),
+        prediction=d.get("prediction", "eps"),
     )
 
 

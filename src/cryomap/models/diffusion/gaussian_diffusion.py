@@ -94,6 +94,23 @@ class GaussianDiffusion:
         Clip the predicted x_0 to [−1, 1] when sampling.
     vlb_weight:
         λ of the hybrid loss (0.001 in the paper).
+    prediction:
+        What the mean channel of the network predicts: ``"eps"`` (the paper: ε) or ``"v"``
+        (v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, Salimans & Ho 2022). The two carry the same information
+        (x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v̂, ε̂ = √(1 − ᾱ_t) x_t + √ᾱ_t v̂); they differ in what a
+        network has to output where x_t is nearly pure noise: ε̂ must then equal x_t up to a
+        correction √ᾱ_t x_0 of ~10⁻² (so a map error is weighted by SNR_t ≈ 0 in L_simple and
+        x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t amplifies any error ~100×), while v̂ ≈ −x_0 is the map
+        itself, and ‖v − v̂‖² = (1 + SNR_t)‖x_0 − x̂_0‖². The learned variance, L_vlb (with the
+        stop-gradient on the mean channel) and the samplers are the same for both.
+    mse_weighting, mse_weight_cap:
+        Weight w_t of the ε term: ``"uniform"`` (w_t = 1, the paper's L_simple) or
+        ``"inv_snr"``: w_t = clip(1/SNR_t, 1, cap) with SNR_t = ᾱ_t/(1 − ᾱ_t). Since
+        ‖ε − ε̂‖² = SNR_t·‖x_0 − x̂_0‖², uniform weights give an error in the predicted map a
+        weight of SNR_t, which vanishes at high noise (0.02 at t = 900 of the cosine schedule):
+        exactly where the map must come from the condition, because x_t holds almost nothing of
+        x_0. ``inv_snr`` is the "truncated SNR" weighting max(SNR_t, 1)·‖x_0 − x̂_0‖² of Salimans &
+        Ho 2022 (sec. 4), capped for the ε parametrisation (whose x̂_0 divides by √ᾱ_t).
     """
 
     def __init__(
@@ -105,6 +122,9 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         vlb_weight: float = 0.001,
         original_steps: int | None = None,
+        mse_weighting: str = "uniform",
+        mse_weight_cap: float = 20.0,
+        prediction: str = "eps",
     ) -> None:
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -114,6 +134,12 @@ class GaussianDiffusion:
         self.learn_sigma = learn_sigma
         self.clip_denoised = clip_denoised
         self.vlb_weight = vlb_weight
+        if mse_weighting not in ("uniform", "inv_snr"):
+            raise ValueError(f"unknown mse_weighting {mse_weighting!r} (uniform or inv_snr)")
+        self.mse_weighting, self.mse_weight_cap = mse_weighting, float(mse_weight_cap)
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {prediction!r} (eps or v)")
+        self.prediction = prediction
         tm = np.arange(self.num_timesteps) if timestep_map is None else np.asarray(timestep_map)
         self.timestep_map = torch.as_tensor(tm, dtype=torch.long)
 
@@ -140,6 +166,8 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = T(np.log(np.append(post_var[1], post_var[1:])))
         self.posterior_mean_coef1 = T(betas * np.sqrt(ac_prev) / (1.0 - ac))
         self.posterior_mean_coef2 = T((1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac))
+        snr = ac / (1.0 - ac)
+        self.mse_weights = T(np.clip(1.0 / snr, 1.0, self.mse_weight_cap) if mse_weighting == "inv_snr" else np.ones_like(ac))
 
     # ----------------------------------------------------------------- construction helpers
     @classmethod
@@ -168,6 +196,9 @@ class GaussianDiffusion:
             clip_denoised=self.clip_denoised,
             vlb_weight=self.vlb_weight,
             original_steps=self.original_steps,
+            mse_weighting=self.mse_weighting,
+            mse_weight_cap=self.mse_weight_cap,
+            prediction=self.prediction,
         )
 
     # ----------------------------------------------------------------- forward process
@@ -228,17 +259,23 @@ class GaussianDiffusion:
         if self.learn_sigma:
             if out.shape[1] != 2 * x_t.shape[1]:
                 raise ValueError(f"learn_sigma needs {2 * x_t.shape[1]} output channels, model gave {out.shape[1]}")
-            eps, v = out.chunk(2, dim=1)
+            pred, v = out.chunk(2, dim=1)
             min_log = _gather(self.posterior_log_variance_clipped, t, nd).to(x_t.dtype)
             max_log = _gather(torch.log(self.betas), t, nd).to(x_t.dtype)
             frac = (v + 1.0) / 2.0
             logvar = frac * max_log + (1.0 - frac) * min_log
             var = torch.exp(logvar)
         else:
-            eps = out
+            pred = out
             var = _gather(self.posterior_variance, t, nd).to(x_t.dtype).expand_as(x_t)
             logvar = _gather(self.posterior_log_variance_clipped, t, nd).to(x_t.dtype).expand_as(x_t)
-        x0 = self.predict_xstart_from_eps(x_t, t, eps)
+        if self.prediction == "v":
+            a = _gather(self.sqrt_alphas_cumprod, t, nd).to(x_t.dtype)
+            b = _gather(self.sqrt_one_minus_alphas_cumprod, t, nd).to(x_t.dtype)
+            x0, eps = a * x_t - b * pred, b * x_t + a * pred
+        else:
+            eps = pred
+            x0 = self.predict_xstart_from_eps(x_t, t, eps)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior_mean_variance(x0, x_t, t)
@@ -271,7 +308,8 @@ class GaussianDiffusion:
         t: torch.Tensor,
         noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample losses: ``mse`` (L_simple on ε), ``vb`` (λ·T·L_t, learned Σ only) and ``loss``.
+        """Per-sample losses: ``mse`` (L_simple on ε, or on v with ``prediction="v"``), ``vb`` (λ·T·L_t, learned Σ only) and
+        ``loss`` = w_t·``mse`` + ``vb`` (w_t = 1 unless ``mse_weighting`` says otherwise).
 
         L_vlb = Σ_t L_t is estimated by one uniformly drawn t, i.e. T·L_t; weighted by λ = 0.001
         that is the paper's hybrid objective. The stop-gradient on ε in the L_vlb term means that
@@ -283,14 +321,21 @@ class GaussianDiffusion:
         out = self.model_output(model, x_t, t, cond)
         terms: dict[str, torch.Tensor] = {}
         if self.learn_sigma:
-            eps, v = out.chunk(2, dim=1)
-            frozen = torch.cat([eps.detach(), v], dim=1)
+            pred, v = out.chunk(2, dim=1)
+            frozen = torch.cat([pred.detach(), v], dim=1)
             terms["vb"] = self.vb_terms_bpd(frozen, x_start, x_t, t) * (self.vlb_weight * self.num_timesteps)
         else:
-            eps = out
+            pred = out
             terms["vb"] = torch.zeros(x_start.shape[0], dtype=x_start.dtype, device=x_start.device)
-        terms["mse"] = _mean_flat((noise - eps) ** 2)
-        terms["loss"] = terms["mse"] + terms["vb"]
+        if self.prediction == "v":
+            nd = x_start.ndim
+            target = (_gather(self.sqrt_alphas_cumprod, t, nd).to(x_start.dtype) * noise
+                      - _gather(self.sqrt_one_minus_alphas_cumprod, t, nd).to(x_start.dtype) * x_start)
+        else:
+            target = noise
+        terms["mse"] = _mean_flat((target - pred) ** 2)
+        w = self.mse_weights.to(t.device)[t].to(x_start.dtype)
+        terms["loss"] = w * terms["mse"] + terms["vb"]
         return terms
 
     # ----------------------------------------------------------------- samplers
