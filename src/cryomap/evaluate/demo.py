@@ -37,9 +37,9 @@ class DemoSettings:
     snr: float = 0.1
     label_box: int = 48  # D: labels D³, conditions D images of D×D
     particle_holdout: float = 0.25
-    widths: tuple[int, ...] = (8, 16, 32)
-    bottleneck: int = 64
-    train_steps: int = 300
+    widths: tuple[int, ...] = (16, 32, 64)  # the report's U-Net: 16/32/64 channels, 256 bottleneck
+    bottleneck: int = 256
+    train_steps: int = 600
     batch_size: int = 2
     lr: float = 2e-3
     loss: str = "mse"
