@@ -24,6 +24,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements-bench.txt
 	$(BIN)/python -m benchmarks
 
 clean-venv:

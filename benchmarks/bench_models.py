@@ -2,10 +2,11 @@
 
 Rows: the report's U-Net (16-32-64 / 256, attention gates), the diffusion denoiser (hybrid
 loss, learned σ), and the peer MONAI ``BasicUNet`` of similar width (features 16-32-64-128-256,
-BCE loss). MONAI is not in cryomap's environment (it is not a dependency); the peer runs in the
-Python named by ``CRYOMAP_MONAI_PYTHON`` or ``/tmp/monai_venv/bin/python`` when ``import monai``
-works there (``pip install --no-deps monai`` next to torch installs without torchvision), and
-otherwise cryomap's plain U-Net without attention (same widths) stands in and the table says so.
+BCE loss). MONAI is not a cryomap dependency; ``make bench`` installs the version pinned in
+``benchmarks/requirements-bench.txt`` into the venv with ``pip install --no-deps`` (its core needs
+only torch and numpy, both pinned there already; ``--no-deps`` keeps pip from touching the pinned
+torch, and no torchvision is involved). Without monai, cryomap's plain U-Net without attention (same widths) stands in and the
+table says so.
 
 Each measurement runs in a fresh process so ``ru_maxrss`` (peak resident memory) belongs to one
 model; ``peak_mb`` is that peak, ``delta_mb`` the growth over the process after building the
@@ -22,9 +23,9 @@ import time
 from pathlib import Path
 
 SIZES = (64, 128)
-#: timed steps per size; at D = 128 a single step (no warm-up) keeps the benchmark to minutes
-STEPS = {64: 2, 128: 1}
-WARMUP = {64: True, 128: False}
+#: timed steps per size (median reported), after one untimed warm-up step; ~5 min in all on 2 cores
+STEPS = {64: 3, 128: 2}
+WARMUP = {64: True, 128: True}
 THREADS = 2
 
 
@@ -120,15 +121,10 @@ def worker(kind: str, d: int) -> dict:
     return {"sec_per_step": sec, "peak_mb": _rss_mb(), "delta_mb": _rss_mb() - base}
 
 
-def _monai_python() -> str | None:
-    """A Python whose ``import monai`` works (this one, CRYOMAP_MONAI_PYTHON, /tmp/monai_venv)."""
-    for py in (sys.executable, os.environ.get("CRYOMAP_MONAI_PYTHON"), "/tmp/monai_venv/bin/python"):
-        if not py or not Path(py).exists():
-            continue
-        ok = subprocess.run([py, "-c", "import monai.networks.nets"], capture_output=True, timeout=120)
-        if ok.returncode == 0:
-            return py
-    return None
+def _has_monai(python: str) -> bool:
+    """Whether ``import monai.networks.nets`` works in ``python``."""
+    ok = subprocess.run([python, "-c", "from monai.networks.nets import BasicUNet"], capture_output=True, timeout=300)
+    return ok.returncode == 0
 
 
 def _run(python: str, kind: str, d: int) -> dict:
@@ -142,9 +138,12 @@ def _run(python: str, kind: str, d: int) -> dict:
 
 
 def main() -> dict:
-    monai_py = _monai_python()
-    peer_kind, peer_py, peer_name = ("monai", monai_py, "MONAI BasicUNet 16-32-64-128-256") if monai_py else (
-        "plain", sys.executable, "plain U-Net, no attention (monai not installed)")
+    if _has_monai(sys.executable):
+        peer_kind, peer_py, peer_name = "monai", sys.executable, "MONAI BasicUNet 16-32-64-128-256"
+    else:
+        print("monai is not installed (pip install --no-deps -r benchmarks/requirements-bench.txt, or make bench): "
+              "cryomap's plain U-Net stands in as the peer")
+        peer_kind, peer_py, peer_name = "plain", sys.executable, "plain U-Net, no attention (monai not installed)"
     rows = []
     for d in SIZES:
         for kind, py, name in (("unet", sys.executable, "cryomap U-Net + attention gates"),
@@ -164,65 +163,16 @@ def main() -> dict:
         row["speed_vs_peer"] = None if ratio == "-" else float(ratio[:-1])
         print(f"{row['model']:45s} {row['D']:4d} {1 / row['sec_per_step']:8.3f} {row['sec_per_step']:8.2f} "
               f"{row['peak_mb']:8.0f} {row['delta_mb']:8.0f} {ratio:>8s}")
-    out = {"threads": THREADS, "batch": 1, "peer": peer_name, "rows": rows}
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    print(f"batch 1, {THREADS} threads, CPU; medians of {STEPS} timed steps after a warm-up; load average {load}")
+    out = {"threads": THREADS, "batch": 1, "peer": peer_name, "loadavg": load, "rows": rows}
     Path("bench_out").mkdir(exist_ok=True)
     Path("bench_out/bench_models.json").write_text(json.dumps(out, indent=2))
     return out
 
 
-def accuracy(dataset_dir: str, runs: dict[str, str], seeds: tuple[int, ...] = (0, 1), samples: int = 4,
-             steps: int = 50) -> dict:
-    """Dice/IoU/correlation of each run's predictions on every target's held-out particles.
-
-    ``runs`` maps a row name to a run folder; the baseline "mean of the training labels" is added.
-    Metrics come from :func:`cryomap.evaluate.metrics.map_metrics` (Dice/IoU with both maps cut at
-    the Otsu contour of the label, ``cc_mean`` = Pearson correlation). Diffusion: DDIM ``steps``
-    steps, K = ``samples``. Usage::
-
-        python benchmarks/bench_models.py --accuracy DATASET_DIR name=RUN_DIR [name=RUN_DIR ...]
-    """
-    import numpy as np
-
-    from cryomap.datasets.manifest import Manifest
-    from cryomap.evaluate.metrics import map_metrics
-    from cryomap.train.predict import load_model, predict_map
-
-    m = Manifest.load(dataset_dir)
-    labels = {t: m.label(t) for t in m.target_names}
-    train_targets = m.targets_with("train")
-    mean_label = np.mean([labels[t] for t in train_targets], axis=0)
-    models = {name: load_model(path) for name, path in runs.items()}
-    results: dict[str, dict] = {}
-    for name in [*runs, "mean of training labels"]:
-        per = []
-        for t in m.targets_with("heldout"):
-            for seed in seeds:
-                if name in models:
-                    t0 = time.perf_counter()
-                    pred = predict_map(models[name], None, target=t, seed=seed, samples=samples, steps=steps).map.data
-                    sec = time.perf_counter() - t0
-                else:
-                    pred, sec = mean_label, 0.0
-                mm = map_metrics(pred, labels[t])
-                per.append({"target": t, "seed": seed, "dice": mm["dice"], "iou": mm["iou"], "cc": mm["cc_mean"], "sec": sec})
-        results[name] = {
-            "dice": float(np.mean([p["dice"] for p in per])),
-            "iou": float(np.mean([p["iou"] for p in per])),
-            "cc": float(np.mean([p["cc"] for p in per])),
-            "per_prediction": per,
-        }
-    print(f"{'model':28s} {'Dice':>6s} {'IoU':>6s} {'CC':>6s}   (mean over {len(m.targets_with('heldout'))} targets × {len(seeds)} draws)")
-    for name, r in results.items():
-        print(f"{name:28s} {r['dice']:6.3f} {r['iou']:6.3f} {r['cc']:6.3f}")
-    Path("bench_out").mkdir(exist_ok=True)
-    Path("bench_out/accuracy_models.json").write_text(json.dumps(results, indent=2))
-    return results
-
-
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
         print(json.dumps(worker(sys.argv[2], int(sys.argv[3]))))
-    elif len(sys.argv) >= 3 and sys.argv[1] == "--accuracy":
-        accuracy(sys.argv[2], dict(a.split("=", 1) for a in sys.argv[3:]))
     else:
         main()
