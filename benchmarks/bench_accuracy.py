@@ -59,7 +59,7 @@ class Settings:
     diffusion: dict = field(default_factory=lambda: {
         "model": {"name": "diffusion", "model_channels": 16, "channel_mult": [1, 2, 4], "attention_resolutions": [8]},
         "diffusion": {"schedule": "cosine", "steps": 1000, "learn_sigma": True, "ema_decay": 0.995,
-                      "prediction": "v"},
+                      "prediction": "v", "timestep_sampling": "high_noise"},
         "optim": {"lr": 2e-3, "schedule": "cosine", "warmup_steps": 50, "min_lr_ratio": 0.05},
         "steps": 1200,
         "batch_size": 4,

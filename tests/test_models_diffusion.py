@@ -270,3 +270,21 @@ def test_v_prediction_loss_weights_the_map_error_by_one_plus_snr():
         ed.vb_terms_bpd(torch.cat([p["eps"], out[:, 1:]], 1), x0, x_t, t), vd.vb_terms_bpd(out, x0, x_t, t))
     with pytest.raises(ValueError):
         GaussianDiffusion.from_schedule("cosine", 10, prediction="x0")
+
+
+def test_high_noise_timestep_sampling_is_importance_weighted():
+    """p(t) ∝ 2t + 1, and weighting by 1/(T p(t)) keeps T·L_t an unbiased estimate of Σ_t L_t."""
+    from cryomap.models.diffusion.gaussian_diffusion import GaussianDiffusion
+
+    T = 50
+    diff = GaussianDiffusion.from_schedule("cosine", T)
+    t, w = diff.sample_timesteps(400_000, "high_noise", generator=torch.Generator().manual_seed(0))
+    freq = np.bincount(t.numpy(), minlength=T) / len(t)
+    expected = (2 * np.arange(T) + 1) / T**2
+    np.testing.assert_allclose(freq, expected, atol=6e-4)
+    np.testing.assert_allclose(w.numpy(), T / (2 * t.numpy() + 1.0))
+    f = np.cos(np.arange(T) / 7.0) + 2.0  # any per-t loss
+    assert float(np.mean(w.numpy() * f[t.numpy()])) == pytest.approx(f.mean(), rel=0.01)
+    t_u, w_u = diff.sample_timesteps(8, "uniform", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t_u, torch.randint(0, T, (8,), generator=torch.Generator().manual_seed(3)))
+    assert torch.all(w_u == 1)

@@ -115,6 +115,7 @@ class DiffusionConfig(_Strict):
     prediction: Literal["eps", "v"] = Field("eps", description="what the network's mean channel predicts: eps (the paper) or v (see docs)")
     mse_weighting: Literal["uniform", "inv_snr"] = Field("uniform", description="weight of the ε term per t: uniform (the paper) or inv_snr = clip(1/SNR_t, 1, mse_weight_cap)")
     mse_weight_cap: float = Field(20.0, ge=1)
+    timestep_sampling: Literal["uniform", "high_noise"] = Field("uniform", description="training t: uniform (the paper) or high_noise, p(t) ∝ 2t + 1 (L_vlb importance-weighted, see docs)")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_warmup: bool = Field(True, description="decay min(ema_decay, (1 + n)/(10 + n)) after n updates, so short runs are not averaged with their random initial weights")
     sample_steps: int = 50

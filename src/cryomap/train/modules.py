@@ -179,15 +179,21 @@ class DiffusionModule(_Base):
         super().__init__(hparams, in_channels)
         self.diffusion = build_diffusion(hparams)
         d = hparams["diffusion"]
+        self.timestep_sampling = d.get("timestep_sampling", "uniform")
         self.ema = EMA(self.net, float(d["ema_decay"]), bool(d.get("ema_warmup", True)))
 
     def _losses(self, batch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cond, label = batch
         x0 = label * 2.0 - 1.0
         b = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=gen).to(x0.device)
+        t, vb_weight = self.diffusion.sample_timesteps(b, self.timestep_sampling, generator=gen)
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
-        return self.diffusion.training_losses(self.net, x0, cond, t, noise)
+        terms = self.diffusion.training_losses(self.net, x0, cond, t.to(x0.device), noise)
+        if self.timestep_sampling != "uniform":  # importance-weight L_vlb for the non-uniform draw of t
+            w = vb_weight.to(device=x0.device, dtype=terms["vb"].dtype)
+            terms["loss"] = terms["loss"] + (w - 1.0) * terms["vb"]
+            terms["vb"] = w * terms["vb"]
+        return terms
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         gen = step_generator(self.seed, self.global_step, self.global_rank)

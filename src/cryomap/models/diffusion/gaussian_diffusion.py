@@ -338,6 +338,26 @@ class GaussianDiffusion:
         terms["loss"] = w * terms["mse"] + terms["vb"]
         return terms
 
+    def sample_timesteps(
+        self, n: int, kind: str = "uniform", generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training timesteps ``t`` (int64, [n]) and the importance weights of their L_vlb terms.
+
+        ``uniform`` (the paper): p(t) = 1/T, weights 1. ``high_noise``: p(t) = (2t + 1)/T², so
+        noisier steps (where the map must come from the condition) are drawn more often; the
+        weight 1/(T·p(t)) = T/(2t + 1) keeps T·L_t an unbiased estimate of L_vlb (the ε/v term
+        is a chosen weighting anyway, so it is left as drawn).
+        """
+        T = self.num_timesteps
+        if kind == "uniform":
+            t = torch.randint(0, T, (n,), generator=generator)
+            return t, torch.ones(n, dtype=torch.float64)
+        if kind == "high_noise":
+            u = torch.rand(n, generator=generator, dtype=torch.float64)
+            t = torch.clamp((T * torch.sqrt(u)).long(), max=T - 1)
+            return t, T / (2.0 * t.double() + 1.0)
+        raise ValueError(f"unknown timestep sampling {kind!r} (uniform, high_noise)")
+
     # ----------------------------------------------------------------- samplers
     @torch.no_grad()
     def p_sample_loop(
