@@ -52,3 +52,24 @@ class ExactResume(pl.Callback):
             for s in (getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
                 if s is not None and hasattr(s, "set_epoch"):
                     s.set_epoch(trainer.current_epoch)
+
+
+class StepProgressBar(pl.callbacks.RichProgressBar):
+    """Lightning's rich bar, labelled by optimiser step when training is bounded by ``max_steps``.
+
+    Training by steps runs with ``max_epochs = -1``, which the stock bar prints as
+    "Epoch 3/-2"; here the description reads "epoch 3 · 600 steps in all" (the bar itself counts
+    the epoch's batches; the label is set at each epoch start). The bar's ``v_num``
+    (the logger version, here the folder name "csv") is dropped from the metrics shown.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar label
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return f"epoch {current_epoch} · {trainer.max_steps} steps in all"
+        return super()._get_train_description(current_epoch)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

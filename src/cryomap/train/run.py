@@ -18,8 +18,10 @@ is written last and atomically, so its presence means the run completed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,7 @@ def train(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from cryomap.train.callbacks import ExactResume, WeightsSyncCheck
+    from cryomap.train.callbacks import ExactResume, StepProgressBar, WeightsSyncCheck
     from cryomap.train.data import make_datamodule
     from cryomap.train.export import export_model
     from cryomap.train.modules import module_for
@@ -104,6 +106,8 @@ def train(
         enable_version_counter=False,
     )
     cbs = [ckpt_cb, ExactResume(), WeightsSyncCheck(run_dir / "ddp_weights_check.json"), *(callbacks or [])]
+    if tcfg.progress_bar:
+        cbs.append(StepProgressBar())
     loggers = [
         CSVLogger(save_dir=str(run_dir), name="logs", version="csv"),
         TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard", default_hp_metric=False),
@@ -112,6 +116,7 @@ def train(
     multi = (isinstance(tcfg.devices, int) and tcfg.devices > 1) or tcfg.num_nodes > 1
     if strategy == "auto" and multi:
         strategy = "ddp"
+    _quiet_lightning()
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         max_steps=tcfg.max_steps,
@@ -140,6 +145,21 @@ def train(
         export_model(module, hparams, run_dir)
     trainer.strategy.barrier()
     return out
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning logs an advertisement for a hosted logger at every fit; users need not see it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Hide Lightning messages that say nothing about this run (its own deprecation, an advert)."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+        logger.addFilter(_DropAdverts())
 
 
 def _has_val(dm) -> bool:
