@@ -12,9 +12,10 @@ from cryomap.cli import main
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_every_stage_and_writes_a_self_contained_report(tmp_path, capsys):
+def test_quick_demo_runs_every_stage_and_writes_a_self_contained_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative -o, as `make demo` gives it
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "-o", str(out)]) == 0
+    assert main(["demo", "--quick", "-o", "demo"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {(out / 'report.html').resolve()}" in printed
 

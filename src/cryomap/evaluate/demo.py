@@ -206,7 +206,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
 
     t_start = time.perf_counter()
     s = settings or (quick_settings() if quick else DemoSettings())
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # the dataset config resolves relative paths against its own folder
     check_writable(out, force)
     if out.exists():
         if not (out / "run_summary.json").exists() and any(out.iterdir()):
