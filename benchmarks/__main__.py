@@ -6,8 +6,8 @@ machines; compare the ratios against the peer each benchmark measures in the sam
 
 from __future__ import annotations
 
-import importlib
 import pkgutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,10 +22,12 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
-        try:
-            importlib.import_module(f"benchmarks.{name}").main()
-        except Exception as exc:  # keep going: one broken benchmark should not hide the others
-            print(f"{name} failed: {exc!r}", flush=True)
+        # one process per benchmark: peak resident memory (ru_maxrss) never falls, and a child
+        # inherits its parent's, so benchmarks sharing a process would report each other's peaks
+        code = f"import benchmarks.{name} as b; b.main()"
+        rc = subprocess.run([sys.executable, "-c", code], cwd=here.parent).returncode
+        if rc != 0:  # keep going: one broken benchmark should not hide the others
+            print(f"{name} failed (exit {rc})", flush=True)
             failed.append(name)
         print(f"({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
     print(f"\n{len(names) - len(failed)} benchmarks ran, {len(failed)} failed" + (f": {failed}" if failed else ""))
