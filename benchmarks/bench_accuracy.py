@@ -73,33 +73,15 @@ class Settings:
 
 
 def build_data(s: Settings, work: Path) -> Path:
-    """Simulate, extract and build the dataset (split by particles) under ``work``."""
-    import yaml
+    """Simulate, extract and build the dataset (split by particles) under ``work``, as the demo does."""
+    from cryomap.evaluate.demo import DemoSettings, build_split_dataset, extract_targets, simulate_targets
 
-    from cryomap.datasets.build import build_dataset
-    from cryomap.particles.extract import extract_particles
-    from cryomap.simulate.dataset import simulate_dataset
-
-    folders = simulate_dataset(
-        list(s.targets), work / "simulated", n_particles=s.n_particles, micrograph_size=s.micrograph_size,
-        apix=s.apix, snr=s.snr, seed=s.seed, box=s.particle_box, force=True, progress=False,
-    )
-    stars = {}
-    for f in folders:
-        # micrographs record particles dark; RELION's convention (and the labels) are bright
-        res = extract_particles(f, work / "particles" / f.name, box=s.particle_box, invert=True, force=True,
-                                progress=False)
-        stars[f.name] = res.star_path
-    cfg = {
-        "targets": [{"name": n, "particles": str(p.resolve()), "map": str((work / "simulated" / n / "maps" / f"{n}_truth.mrc").resolve())}
-                    for n, p in stars.items()],
-        "label": {"apix": s.label_apix, "box": s.depth},
-        "condition": {"mode": "stack"},
-        "split": {"by": "particles", "val_fraction": s.val_fraction, "particle_holdout": s.particle_holdout},
-        "seed": s.seed,
-    }
-    (work / "dataset.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return build_dataset(work / "dataset.yaml", work / "dataset", force=True)
+    d = DemoSettings(targets=tuple(s.targets), n_particles=s.n_particles, micrograph_size=s.micrograph_size,
+                     apix=s.apix, particle_box=s.particle_box, snr=s.snr, label_box=s.depth,
+                     particle_holdout=s.particle_holdout, val_fraction=s.val_fraction, seed=s.seed)
+    folders = simulate_targets(d, work / "simulated")
+    stars = extract_targets(d, folders, work / "particles")
+    return build_split_dataset(d, stars, work / "simulated", work / "dataset")
 
 
 def train_run(s: Settings, which: str, dataset: Path, run_dir: Path) -> float:

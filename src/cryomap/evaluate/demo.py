@@ -37,6 +37,7 @@ class DemoSettings:
     snr: float = 0.1
     label_box: int = 48  # D: labels D³, conditions D images of D×D
     particle_holdout: float = 0.25
+    val_fraction: float = 0.1  # of each target's training particles, for the validation loss
     widths: tuple[int, ...] = (16, 32, 64)  # the report's U-Net: 16/32/64 channels, 256 bottleneck
     bottleneck: int = 256
     train_steps: int = 600
@@ -88,7 +89,8 @@ def _to_label_grid(volume: np.ndarray, apix_in: float, apix_out: float, box: int
     return out
 
 
-def _simulate(s: DemoSettings, out: Path) -> list[Path]:
+def simulate_targets(s: DemoSettings, out: Path) -> list[Path]:
+    """Simulate every target of ``s`` (CryoPPP layout with truth) under ``out``; one folder per target."""
     from cryomap.simulate.dataset import simulate_dataset
 
     return simulate_dataset(
@@ -97,7 +99,8 @@ def _simulate(s: DemoSettings, out: Path) -> list[Path]:
     )
 
 
-def _extract(s: DemoSettings, folders: list[Path], out: Path) -> dict[str, Path]:
+def extract_targets(s: DemoSettings, folders: list[Path], out: Path) -> dict[str, Path]:
+    """Extract each simulated target's particles (contrast inverted); ``{target: particles.star}``."""
     from cryomap.particles.extract import extract_particles
 
     stars = {}
@@ -140,19 +143,21 @@ def _particles_figure(folder: Path, star: Path, out_png: Path, n_show: int = 8) 
                             title=f"{folder.name}: simulated micrograph {Path(first).name}, extracted particles and their truth")
 
 
-def _build_dataset(s: DemoSettings, stars: dict[str, Path], sim_dir: Path, out: Path) -> Path:
+def build_split_dataset(s: DemoSettings, stars: dict[str, Path], sim_dir: Path, out: Path) -> Path:
+    """Build the stack-mode dataset split by particles (every target shared, ``particle_holdout`` held out)."""
     import yaml
 
     from cryomap.datasets.build import build_dataset
 
     cfg = {
         "targets": [
-            {"name": name, "particles": str(star), "map": str(sim_dir / name / "maps" / f"{name}_truth.mrc")}
+            {"name": name, "particles": str(Path(star).resolve()),
+             "map": str((sim_dir / name / "maps" / f"{name}_truth.mrc").resolve())}
             for name, star in stars.items()
         ],
         "label": {"apix": s.label_apix, "box": s.label_box},
         "condition": {"mode": "stack"},
-        "split": {"by": "particles", "val_fraction": 0.1, "particle_holdout": s.particle_holdout},
+        "split": {"by": "particles", "val_fraction": s.val_fraction, "particle_holdout": s.particle_holdout},
         "seed": s.seed,
     }
     cfg_path = out.parent / "dataset.yaml"
@@ -218,13 +223,13 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
     log = StageLog()
     headline: dict = {}
 
-    folders = log.run("simulate", _simulate, s, out / "simulated")
-    stars = log.run("extract", _extract, s, folders, out / "particles")
+    folders = log.run("simulate", simulate_targets, s, out / "simulated")
+    stars = log.run("extract", extract_targets, s, folders, out / "particles")
     target = s.demo_target
     figures_dir = out / "figures"
     figures_dir.mkdir()
     _particles_figure(out / "simulated" / target, stars[target], figures_dir / f"{target}_particles.png")
-    dataset_dir = Path(log.run("dataset", _build_dataset, s, stars, out / "simulated", out / "dataset"))
+    dataset_dir = Path(log.run("dataset", build_split_dataset, s, stars, out / "simulated", out / "dataset"))
     maps_dir = out / "maps"
     maps_dir.mkdir()
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
