@@ -288,3 +288,20 @@ def test_high_noise_timestep_sampling_is_importance_weighted():
     t_u, w_u = diff.sample_timesteps(8, "uniform", generator=torch.Generator().manual_seed(3))
     assert torch.equal(t_u, torch.randint(0, T, (8,), generator=torch.Generator().manual_seed(3)))
     assert torch.all(w_u == 1)
+
+
+def test_vb_weight_scales_only_the_vlb_term():
+    from cryomap.models.diffusion.gaussian_diffusion import GaussianDiffusion
+
+    diff = GaussianDiffusion.from_schedule("cosine", 20, learn_sigma=True)
+    x0 = torch.rand(3, 1, 4, 4, 4) * 2 - 1
+    cond = torch.zeros_like(x0)
+    t = torch.tensor([0, 7, 19])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    model = lambda x_in, tt: 0.1 * torch.cat([x_in[:, :1], -x_in[:, :1]], dim=1)  # noqa: E731
+    plain = diff.training_losses(model, x0, cond, t, noise)
+    w = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    weighted = diff.training_losses(model, x0, cond, t, noise, vb_weight=w)
+    torch.testing.assert_close(weighted["vb"], plain["vb"] * w.float())
+    torch.testing.assert_close(weighted["mse"], plain["mse"])
+    torch.testing.assert_close(weighted["loss"] - weighted["vb"], plain["loss"] - plain["vb"])

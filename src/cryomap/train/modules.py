@@ -188,12 +188,7 @@ class DiffusionModule(_Base):
         b = x0.shape[0]
         t, vb_weight = self.diffusion.sample_timesteps(b, self.timestep_sampling, generator=gen)
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
-        terms = self.diffusion.training_losses(self.net, x0, cond, t.to(x0.device), noise)
-        if self.timestep_sampling != "uniform":  # importance-weight L_vlb for the non-uniform draw of t
-            w = vb_weight.to(device=x0.device, dtype=terms["vb"].dtype)
-            terms["loss"] = terms["loss"] + (w - 1.0) * terms["vb"]
-            terms["vb"] = w * terms["vb"]
-        return terms
+        return self.diffusion.training_losses(self.net, x0, cond, t.to(x0.device), noise, vb_weight=vb_weight)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         gen = step_generator(self.seed, self.global_step, self.global_rank)

@@ -307,9 +307,12 @@ class GaussianDiffusion:
         cond: torch.Tensor,
         t: torch.Tensor,
         noise: torch.Tensor | None = None,
+        vb_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-sample losses: ``mse`` (L_simple on ε, or on v with ``prediction="v"``), ``vb`` (λ·T·L_t, learned Σ only) and
         ``loss`` = w_t·``mse`` + ``vb`` (w_t = 1 unless ``mse_weighting`` says otherwise).
+        ``vb_weight`` ([B], from :meth:`sample_timesteps`) importance-weights ``vb`` when t was not
+        drawn uniformly.
 
         L_vlb = Σ_t L_t is estimated by one uniformly drawn t, i.e. T·L_t; weighted by λ = 0.001
         that is the paper's hybrid objective. The stop-gradient on ε in the L_vlb term means that
@@ -324,6 +327,8 @@ class GaussianDiffusion:
             pred, v = out.chunk(2, dim=1)
             frozen = torch.cat([pred.detach(), v], dim=1)
             terms["vb"] = self.vb_terms_bpd(frozen, x_start, x_t, t) * (self.vlb_weight * self.num_timesteps)
+            if vb_weight is not None:
+                terms["vb"] = terms["vb"] * vb_weight.to(device=x_start.device, dtype=terms["vb"].dtype)
         else:
             pred = out
             terms["vb"] = torch.zeros(x_start.shape[0], dtype=x_start.dtype, device=x_start.device)
