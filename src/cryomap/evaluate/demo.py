@@ -112,12 +112,27 @@ def extract_targets(s: DemoSettings, folders: list[Path], out: Path) -> dict[str
     return stars
 
 
+def _images(table, rows) -> np.ndarray:
+    """The images of ``rows`` of a STAR table (each stack opened once)."""
+    from cryomap.io.mrc import read_stack
+    from cryomap.io.star import image_locations
+
+    idx, stacks = image_locations(table)
+    opened = {p: read_stack(p).data for p in {stacks[r] for r in rows}}
+    return np.stack([opened[stacks[r]][idx[r]] for r in rows])
+
+
+def _pick_key(df, row: int) -> tuple[str, int, int]:
+    """(micrograph file name, x, y) of a particle row: the same pick in two STAR tables."""
+    r = df.iloc[row]
+    return Path(str(r["rlnMicrographName"])).name, round(float(r["rlnCoordinateX"])), round(float(r["rlnCoordinateY"]))
+
+
 def _particles_figure(folder: Path, star: Path, out_png: Path, n_show: int = 8) -> Path:
     """The demo target's first micrograph with its picks, and extracted particles over their clean projections."""
     from cryomap.evaluate.figures import particles_figure
     from cryomap.io.micrograph import read_micrograph
-    from cryomap.io.mrc import read_stack
-    from cryomap.io.star import image_locations, read_star
+    from cryomap.io.star import read_star
 
     extracted = read_star(star)
     df = extracted.particles
@@ -125,19 +140,13 @@ def _particles_figure(folder: Path, star: Path, out_png: Path, n_show: int = 8) 
     rows = np.flatnonzero(df["rlnMicrographName"].to_numpy() == first)
     mic = read_micrograph(folder / "micrographs" / Path(first).name)
     coords = df[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)[rows]
-    idx, stacks = image_locations(extracted)
     shown = rows[:n_show]
-    images = np.stack([read_stack(stacks[r]).data[idx[r]] for r in shown])
+    images = _images(extracted, shown)
     # the clean stack has the simulation's row order: pair rows by micrograph and coordinates
     clean_table = read_star(folder / "clean" / "particles.star")
-    cdf = clean_table.particles
-    key = lambda d, r: (Path(str(d["rlnMicrographName"].iloc[r])).name, round(float(d["rlnCoordinateX"].iloc[r])), round(float(d["rlnCoordinateY"].iloc[r])))  # noqa: E731
-    where = {key(cdf, r): r for r in range(len(cdf))}
-    cidx, cstacks = image_locations(clean_table)
-    matched = [where.get(key(df, r)) for r in shown]
-    clean = None
-    if all(m is not None for m in matched):
-        clean = np.stack([read_stack(cstacks[m]).data[cidx[m]] for m in matched])
+    where = {_pick_key(clean_table.particles, r): r for r in range(len(clean_table))}
+    matched = [where.get(_pick_key(df, r)) for r in shown]
+    clean = _images(clean_table, matched) if all(m is not None for m in matched) else None
     box = int(images.shape[-1] * float(df["rlnImagePixelSize"].iloc[0]) / mic.apix)
     return particles_figure(mic.data, coords, box, images, clean, out_png,
                             title=f"{folder.name}: simulated micrograph {Path(first).name}, extracted particles and their truth")
@@ -229,7 +238,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
     figures_dir = out / "figures"
     figures_dir.mkdir()
     _particles_figure(out / "simulated" / target, stars[target], figures_dir / f"{target}_particles.png")
-    dataset_dir = Path(log.run("dataset", build_split_dataset, s, stars, out / "simulated", out / "dataset"))
+    dataset_dir = log.run("dataset", build_split_dataset, s, stars, out / "simulated", out / "dataset")
     maps_dir = out / "maps"
     maps_dir.mkdir()
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
@@ -241,7 +250,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
 
     maps: dict[str, np.ndarray] = {}
     model_path = log.run("train", _train, s, dataset_dir, out / "train")
-    maps["U-Net prediction"] = log.run("predict", _predict, Path(model_path), target, maps_dir / "unet_prediction.mrc").data
+    maps["U-Net prediction"] = log.run("predict", _predict, model_path, target, maps_dir / "unet_prediction.mrc").data
     p_apix, recs = log.run("reconstruct", _oracle, s, stars[target], entries[target]["subsets"].get("heldout"))
     for key, name in (("full", "oracle (all particles)"), ("heldout", "oracle (held-out particles)")):
         if key in recs:
