@@ -15,9 +15,21 @@ T = TypeVar("T")
 console = Console(stderr=True)
 
 
+class _Progress(Progress):
+    """rich's Progress that erases itself when its ``with`` block raises.
+
+    A failed command then prints only its one error line, not a half-filled bar above it.
+    """
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        if exc_type is not None:
+            self.live.transient = True
+        super().__exit__(exc_type, exc_val, exc_tb)
+
+
 def progress_bar(transient: bool = False) -> Progress:
-    """A rich Progress with description, bar, n/total, elapsed and remaining time."""
-    return Progress(
+    """A rich Progress with description, bar, n/total, elapsed and remaining time (erased on error)."""
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

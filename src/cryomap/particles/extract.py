@@ -336,36 +336,32 @@ def extract_particles(
         try:
             with progress_bar() as bar:
                 task = bar.add_task("extracting", total=len(prepared), visible=progress)
-                try:
-                    target = writer.target if writer is not None else None
-                    for pj, res in _run_jobs(prepared, params, target, workers, file_targets):
-                        bar.advance(task)
-                        if "error" in res:
-                            if skip_bad:
-                                skipped.append((pj.job.name, res["error"]))
-                                continue
-                            raise BadInputError(res["error"], res["path"])
-                        rows = _output_rows(pj, mic_apix)
-                        if writer is not None:
-                            writer.record(pj.index, res["stats"])
-                            names = [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))]
-                        else:
-                            names = [format_image_name(k + 1, stack_names[id(pj)]) for k in range(len(rows))]
-                        rows.insert(0, "rlnImageName", names)
-                        if edge == "pad":
-                            rows["rlnCryomapEdgePadded"] = pj.padded[pj.kept].astype(np.int64)
-                        frames.append(rows)
-                        n_written += len(rows)
-                        n_edge += int((~pj.kept).sum())
-                        n_padded += int(pj.padded.sum())
-                        n_done_mics += 1
-                    if n_written == 0:
-                        raise BadInputError(
-                            "no particles were written (every micrograph was bad: "
-                            + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) + ")", source)
-                except BaseException:
-                    bar.live.transient = True  # erase the bar: the error line stays the only output
-                    raise
+                target = writer.target if writer is not None else None
+                for pj, res in _run_jobs(prepared, params, target, workers, file_targets):
+                    bar.advance(task)
+                    if "error" in res:
+                        if skip_bad:
+                            skipped.append((pj.job.name, res["error"]))
+                            continue
+                        raise BadInputError(res["error"], res["path"])
+                    rows = _output_rows(pj, mic_apix)
+                    if writer is not None:
+                        writer.record(pj.index, res["stats"])
+                        names = [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))]
+                    else:
+                        names = [format_image_name(k + 1, stack_names[id(pj)]) for k in range(len(rows))]
+                    rows.insert(0, "rlnImageName", names)
+                    if edge == "pad":
+                        rows["rlnCryomapEdgePadded"] = pj.padded[pj.kept].astype(np.int64)
+                    frames.append(rows)
+                    n_written += len(rows)
+                    n_edge += int((~pj.kept).sum())
+                    n_padded += int(pj.padded.sum())
+                    n_done_mics += 1
+                if n_written == 0:
+                    raise BadInputError(
+                        "no particles were written (every micrograph was bad: "
+                        + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) + ")", source)
             if writer is not None:
                 writer.close()
         except BaseException:

@@ -373,12 +373,8 @@ def simulate_dataset(
 
             with progress_bar() as bar:
                 task = bar.add_task("simulating micrographs", total=sum(t.n_micrographs for t in targets))
-                try:
-                    for t, s in zip(targets, seeds):
-                        manifests.append(simulate_target(t, p, tmp / t.id, s, bar, task))
-                except BaseException:
-                    bar.live.transient = True  # erase the bar: the error line stays the only output
-                    raise
+                for t, s in zip(targets, seeds):
+                    manifests.append(simulate_target(t, p, tmp / t.id, s, bar, task))
         else:
             for t, s in zip(targets, seeds):
                 manifests.append(simulate_target(t, p, tmp / t.id, s))
