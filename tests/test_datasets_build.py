@@ -247,7 +247,7 @@ def test_datasets_pickle_for_workers_without_their_memory_maps(by_targets, raw):
 
     import torch
 
-    from cryomap.datasets.particles import ParticleImages
+    from cryomap.particles.source import open_particles
     from cryomap.datasets.torch_data import DensityPairs
 
     ds = DensityPairs(by_targets, "train", samples_per_epoch=2)
@@ -256,7 +256,7 @@ def test_datasets_pickle_for_workers_without_their_memory_maps(by_targets, raw):
     assert len(blob) < 100_000  # the memory-mapped images and the label are not copied
     torch.testing.assert_close(pickle.loads(blob)[3][0], first)
     root = raw[0]
-    imgs = ParticleImages(root / "a.star")
+    imgs = open_particles(root / "a.star")
     imgs[np.array([0, 25])]
     again = pickle.loads(pickle.dumps(imgs))
     np.testing.assert_array_equal(again[np.array([25, 0])], imgs[np.array([25, 0])])

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from cryomap.datasets.conditions import build_condition, pack_latents, standardize_latents
-from cryomap.datasets.images import prepare_images, resize_images, standardize_images
+from cryomap.core.fourier import resize_images
+from cryomap.core.images import standardize_images
+from cryomap.datasets.images import prepare_images
 
 D = 16
 

@@ -47,9 +47,9 @@ def test_build_on_simulated_targets_and_load_batches(simulated):
     vcond, vlabel = next(iter(dm.val_dataloader()))
     assert torch.equal(vlabel[0, 0], torch.from_numpy(m.label("7PBL")))
     # each depth slice is one of the target's particle images, prepared as documented
-    from cryomap.datasets.particles import ParticleImages
+    from cryomap.particles.source import open_particles
 
-    imgs = ParticleImages(sim / "1BHL" / "clean" / "particles.star")
+    imgs = open_particles(sim / "1BHL" / "clean" / "particles.star")
     prepared = prepare_images(imgs[np.arange(len(imgs))], D).reshape(len(imgs), -1)
     train_rows = set(m.subset("1BHL", "train").tolist())
     for s in cond[0, 0].reshape(D, -1).numpy():

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryomap.evaluate.baselines import load_particles, mean_label, oracle_reconstruction, scale_to, truth_low_passed
+from cryomap.evaluate.baselines import mean_label, oracle_reconstruction, scale_to, truth_low_passed
+from cryomap.particles.source import open_particles
 from cryomap.evaluate.fsc import fsc
 from cryomap.io.mrc import write_mrc
 from cryomap.io.star import format_image_name, write_star
@@ -43,7 +44,7 @@ def test_mean_label_and_scale():
 
 def test_oracle_from_a_star_file_recovers_the_map(tmp_path):
     """Clean projections at known poses, written as STAR + stack, backproject to the map (no CTF)."""
-    from cryomap.simulate.angles import random_euler_angles
+    from cryomap.core.euler import random_euler_angles
     from cryomap.simulate.projection import project
 
     box, apix, n = 32, 2.0, 300
@@ -59,8 +60,8 @@ def test_oracle_from_a_star_file_recovers_the_map(tmp_path):
         "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1,
     })
     write_star(tmp_path / "p.star", df)
-    ps = load_particles(tmp_path / "p.star")
-    assert ps.images.shape == (n, box, box) and ps.apix == pytest.approx(apix)
+    ps = open_particles(tmp_path / "p.star")
+    assert ps.shape == (n, box, box) and ps.pixel_size == pytest.approx(apix)
     maps = oracle_reconstruction(ps, half_sets=True)
     curve = fsc(maps["full"], truth, apix)
     assert curve.resolution(0.5) < 3 * 2 * apix  # FSC ≥ 0.5 to at least a third of Nyquist

@@ -13,7 +13,9 @@ from cryomap.errors import BadInputError
 from cryomap.io.coords import write_cryoppp_csv
 from cryomap.io.mrc import read_stack, write_mrc
 from cryomap.io.star import read_star, write_star
-from cryomap.particles.boxes import background_mask, cut_boxes, normalize_background
+from cryomap.core.images import background_mask
+from cryomap.core.images import standardize_images as normalize_background
+from cryomap.particles.boxes import cut_boxes
 from cryomap.particles.extract import default_box, extract_particles
 
 APIX = 2.0

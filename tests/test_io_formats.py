@@ -89,7 +89,7 @@ def _pyem_expmap(e: np.ndarray) -> np.ndarray:
 
 def test_cs_poses_follow_pyem_csparc2star(tmp_path):
     """pyem sets RELION's Euler matrix A(rot, tilt, psi) = expmap(pose); cryomap must give the same angles."""
-    from cryomap.simulate.angles import euler_to_matrix
+    from cryomap.core.euler import euler_to_matrix
 
     rng = np.random.default_rng(4)
     poses = rng.uniform(-1.5, 1.5, (5, 3))

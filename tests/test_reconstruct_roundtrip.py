@@ -8,8 +8,8 @@ import torch
 from torch_fourier_shell_correlation import fsc
 
 from cryomap.evaluate.reconstruct import half_set_reconstructions, reconstruct
-from cryomap.simulate.angles import random_euler_angles
-from cryomap.simulate.ctf import CtfParams, apply_ctf
+from cryomap.core.euler import random_euler_angles
+from cryomap.core.ctf import CtfParams, apply_ctf
 from cryomap.simulate.projection import project
 from cryomap.simulate.structure_map import structure_to_map
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryomap.simulate.ctf import ctf_2d, normalise_defocus
+from cryomap.core.ctf import ctf_2d, normalise_defocus
 
 
 def _relion_ctf(u: float, v: float, angle_deg: float, n: int, apix: float, voltage: float = 300.0,

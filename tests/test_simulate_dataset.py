@@ -11,7 +11,7 @@ import pytest
 from cryomap.errors import BadInputError, OutputExistsError
 from cryomap.io.mrc import read_map, read_mrc, read_stack
 from cryomap.io.star import read_star
-from cryomap.simulate.ctf import CtfParams, apply_ctf, ctf_params_from_table, ctf_zero_frequencies
+from cryomap.core.ctf import CtfParams, apply_ctf, ctf_params_from_table, ctf_zero_frequencies
 from cryomap.simulate.dataset import simulate_dataset
 from cryomap.simulate.micrograph import crop_boxes, place_particles, render_micrograph
 from cryomap.simulate.projection import project
@@ -171,7 +171,7 @@ def test_measured_snr_matches_the_request(snr):
     apix, box, size, n = 2.5, 40, 512, 80
     truth = structure_to_map("1BHL", apix, box).data
     rng = np.random.default_rng(11)
-    from cryomap.simulate.angles import random_euler_angles
+    from cryomap.core.euler import random_euler_angles
 
     coords = place_particles(n, size, box, 30, rng)
     clean = project(truth, *random_euler_angles(n, rng))
@@ -190,7 +190,7 @@ def test_ctf_zeros_in_the_particle_power_spectrum():
     apix, box, size, n, defocus = 2.0, 96, 640, 30, 10000.0
     truth = structure_to_map("1BHL", apix, box).data
     rng = np.random.default_rng(5)
-    from cryomap.simulate.angles import random_euler_angles
+    from cryomap.core.euler import random_euler_angles
 
     coords = place_particles(n, size, box, 40, rng)
     clean = project(truth, *random_euler_angles(n, rng))

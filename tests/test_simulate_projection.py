@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from cryomap.simulate.angles import euler_to_matrix, matrix_to_euler, random_euler_angles
+from cryomap.core.euler import euler_to_matrix, matrix_to_euler, random_euler_angles
 from cryomap.simulate.projection import project
 
 
@@ -100,10 +100,9 @@ def test_reproduces_relion_project(shared_data, name):
     table = read_star(shared_data / "relion_projections" / f"rln_proj_65_{name}.star").particles
     ref = read_stack(shared_data / "relion_projections" / f"rln_proj_65_{name}.mrcs", apix=1.0, mmap=False).data
     apix = 1.0
-    if "rlnOriginXAngst" in table and table["rlnOriginXAngst"].abs().sum() > 0:
-        shifts = table[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(float)
-    else:  # the shifted set gives RELION 3.0 pixel origins
-        shifts = table[["rlnOriginX", "rlnOriginY"]].to_numpy(float) * apix
+    # relion_project writes pixel origins (rlnOriginX/Y) even in a 3.1 file: the reader turns them into Å
+    assert "rlnOriginX" not in table
+    shifts = table[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(float)
     args = (vol, table.rlnAngleRot, table.rlnAngleTilt, table.rlnAnglePsi, shifts, apix)
     ours = project(*args, centre="relion_project")
     for a, b in zip(ours, ref):

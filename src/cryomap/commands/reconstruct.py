@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         """Backproject particles with their true poses: the upper bound of what the particles hold."""
         import time
 
-        from cryomap.evaluate.baselines import load_particles, oracle_reconstruction
+        from cryomap.evaluate.baselines import oracle_reconstruction, random_subset
+        from cryomap.particles.source import open_particles
         from cryomap.evaluate.fsc import fsc
         from cryomap.io.atomic import check_writable
         from cryomap.io.mrc import write_mrc
@@ -36,14 +37,15 @@ def register(app: typer.Typer) -> None:
         targets = [out, *(half_map_paths(out) if half_sets else ())]
         for p in targets:
             check_writable(p, force)
-        ps = load_particles(particles, max_particles=max_particles, seed=seed)
-        maps = oracle_reconstruction(ps, half_sets=half_sets, seed=seed)
-        write_mrc(out, maps["full"], ps.apix, force=force)
-        line = f"reconstructed {len(ps.images)} particles → {out} ({maps['full'].shape[0]}³, {ps.apix:.4g} Å/voxel)"
+        source = random_subset(open_particles(particles), max_particles, seed)
+        apix = source.pixel_size
+        maps = oracle_reconstruction(source, half_sets=half_sets, seed=seed)
+        write_mrc(out, maps["full"], apix, force=force)
+        line = f"reconstructed {len(source)} particles → {out} ({maps['full'].shape[0]}³, {apix:.4g} Å/voxel)"
         if half_sets:
             h1, h2 = half_map_paths(out)
-            write_mrc(h1, maps["half1"], ps.apix, force=force)
-            write_mrc(h2, maps["half2"], ps.apix, force=force)
-            c = fsc(maps["half1"], maps["half2"], ps.apix)
+            write_mrc(h1, maps["half1"], apix, force=force)
+            write_mrc(h2, maps["half2"], apix, force=force)
+            c = fsc(maps["half1"], maps["half2"], apix)
             line += f"; half-set FSC 0.143: {c.resolution(0.143):.1f} Å, 0.5: {c.resolution(0.5):.1f} Å"
         summary(line + f"; {time.perf_counter() - t0:.1f} s")

@@ -20,11 +20,12 @@ import yaml
 from cryomap.datasets.config import DatasetConfig, load_config
 from cryomap.datasets.images import prepare_images
 from cryomap.datasets.manifest import MANIFEST_NAME
-from cryomap.datasets.particles import ParticleImages
 from cryomap.errors import BadInputError
 from cryomap.io.atomic import atomic_dir
 from cryomap.io.mrc import read_stack
 from cryomap.labels.make import make_label_file
+from cryomap.particles.source import ParticleSource, open_particles
+from cryomap.particles.writer import write_subset_star
 from cryomap.progress import progress_bar, summary
 
 #: Particles resized per chunk while writing an image store (bounds memory at ~chunk·h·w·4 bytes).
@@ -81,11 +82,11 @@ def particle_subsets(n: int, split: str, cfg: DatasetConfig, rng: np.random.Gene
     return {k: sorted(v.tolist()) for k, v in (("train", train), ("val", val), ("heldout", held))}
 
 
-def _write_image_store(images: ParticleImages, out: Path, depth: int, bar, task) -> None:
+def _write_image_store(images: ParticleSource, out: Path, depth: int, bar, task) -> None:
     store = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(images), depth, depth))
     for start in range(0, len(images), CHUNK):
         rows = np.arange(start, min(start + CHUNK, len(images)))
-        store[rows[0] : rows[-1] + 1] = prepare_images(images[rows], depth)
+        store[rows[0] : rows[-1] + 1] = prepare_images(images.images(rows), depth)
         bar.advance(task, len(rows))
     store.flush()
     del store
@@ -104,7 +105,7 @@ def build_dataset(config_path: str | Path, out_dir: str | Path, force: bool = Fa
     depth = cfg.label.box
     mode = cfg.condition.mode
     splits = assign_target_splits(cfg, rng)
-    sources = {t.name: ParticleImages(t.particles) for t in cfg.targets}  # validates stacks up front
+    sources = {t.name: open_particles(t.particles) for t in cfg.targets}  # validates stacks up front
     entries = []
     with atomic_dir(out_dir, force=force) as tmp:
         for sub in ("labels", "images", "classes", "latents", "heldout"):
@@ -150,7 +151,7 @@ def build_dataset(config_path: str | Path, out_dir: str | Path, force: bool = Fa
                 if entry["subsets"]["heldout"]:
                     # the held-out particles as a STAR of their own, for `cryomap predict --particles`
                     entry["heldout_star"] = f"heldout/{t.name}.star"
-                    images.write_subset_star(tmp / entry["heldout_star"], np.asarray(entry["subsets"]["heldout"]))
+                    write_subset_star(images.subset(np.asarray(entry["subsets"]["heldout"])), tmp / entry["heldout_star"])
                 entries.append(entry)
         manifest = {
             "version": MANIFEST_VERSION,

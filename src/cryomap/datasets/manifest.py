@@ -105,9 +105,9 @@ class Manifest:
         t = self.target(name)
         if t.get("images"):
             return np.load(self.root / t["images"], mmap_mode="r")
-        from cryomap.datasets.particles import ParticleImages
+        from cryomap.particles.source import open_particles
 
-        return ParticleImages(t["particles"])
+        return open_particles(t["particles"])
 
     def class_averages(self, name: str) -> np.ndarray | None:
         t = self.target(name)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cryomap.errors import BadInputError
-from cryomap.io.atomic import check_writable
+from cryomap.io.atomic import check_replaceable_dir, mark_output
 from cryomap.progress import summary
 
 
@@ -112,16 +112,6 @@ def extract_targets(s: DemoSettings, folders: list[Path], out: Path) -> dict[str
     return stars
 
 
-def _images(table, rows) -> np.ndarray:
-    """The images of ``rows`` of a STAR table (each stack opened once)."""
-    from cryomap.io.mrc import read_stack
-    from cryomap.io.star import image_locations
-
-    idx, stacks = image_locations(table)
-    opened = {p: read_stack(p).data for p in {stacks[r] for r in rows}}
-    return np.stack([opened[stacks[r]][idx[r]] for r in rows])
-
-
 def _pick_key(df, row: int) -> tuple[str, int, int]:
     """(micrograph file name, x, y) of a particle row: the same pick in two STAR tables."""
     r = df.iloc[row]
@@ -132,21 +122,21 @@ def _particles_figure(folder: Path, star: Path, out_png: Path, n_show: int = 8) 
     """The demo target's first micrograph with its picks, and extracted particles over their clean projections."""
     from cryomap.evaluate.figures import particles_figure
     from cryomap.io.micrograph import read_micrograph
-    from cryomap.io.star import read_star
+    from cryomap.particles.source import open_particles
 
-    extracted = read_star(star)
-    df = extracted.particles
+    extracted = open_particles(star)
+    df = extracted.table
     first = df["rlnMicrographName"].iloc[0]
     rows = np.flatnonzero(df["rlnMicrographName"].to_numpy() == first)
     mic = read_micrograph(folder / "micrographs" / Path(first).name)
     coords = df[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)[rows]
     shown = rows[:n_show]
-    images = _images(extracted, shown)
+    images = extracted.images(shown)
     # the clean stack has the simulation's row order: pair rows by micrograph and coordinates
-    clean_table = read_star(folder / "clean" / "particles.star")
-    where = {_pick_key(clean_table.particles, r): r for r in range(len(clean_table))}
+    clean_source = open_particles(folder / "clean" / "particles.star")
+    where = {_pick_key(clean_source.table, r): r for r in range(len(clean_source))}
     matched = [where.get(_pick_key(df, r)) for r in shown]
-    clean = _images(clean_table, matched) if all(m is not None for m in matched) else None
+    clean = clean_source.images(matched) if all(m is not None for m in matched) else None
     box = int(images.shape[-1] * float(df["rlnImagePixelSize"].iloc[0]) / mic.apix)
     return particles_figure(mic.data, coords, box, images, clean, out_png,
                             title=f"{folder.name}: simulated micrograph {Path(first).name}, extracted particles and their truth")
@@ -199,16 +189,14 @@ def _predict(model_path: Path, target: str, out: Path):
 
 
 def _oracle(s: DemoSettings, star: Path, heldout: list[int] | None):
-    from cryomap.evaluate.baselines import load_particles, oracle_reconstruction
+    from cryomap.evaluate.baselines import oracle_reconstruction
+    from cryomap.particles.source import open_particles
 
-    ps = load_particles(star)
-    full = oracle_reconstruction(ps, half_sets=True, seed=s.seed)
+    source = open_particles(star)
+    full = oracle_reconstruction(source, half_sets=True, seed=s.seed)
     if heldout:
-        rows = np.asarray(heldout)
-        sub = type(ps)(ps.images[rows], ps.rot[rows], ps.tilt[rows], ps.psi[rows], ps.shifts_A[rows], ps.apix,
-                       ps.table.iloc[rows].reset_index(drop=True))
-        full["heldout"] = oracle_reconstruction(sub)["full"]
-    return ps.apix, full
+        full["heldout"] = oracle_reconstruction(source.subset(np.asarray(heldout)))["full"]
+    return source.pixel_size, full
 
 
 def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, settings: DemoSettings | None = None) -> Path:
@@ -221,14 +209,13 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, sett
     t_start = time.perf_counter()
     s = settings or (quick_settings() if quick else DemoSettings())
     out = Path(out_dir).absolute()  # the dataset config resolves relative paths against its own folder
-    check_writable(out, force)
+    check_replaceable_dir(out, force)  # only a folder cryomap wrote is replaced
     if out.exists():
-        if not (out / "run_summary.json").exists() and any(out.iterdir()):
-            raise BadInputError("exists and is not a cryomap demo folder; choose another -o", out)
         import shutil
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    mark_output(out, "demo")
     log = StageLog()
     headline: dict = {}
 

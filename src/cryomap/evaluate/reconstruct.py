@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryomap.simulate.angles import euler_to_matrix
-from cryomap.simulate.ctf import CtfParams, ctf_2d, subset
-from cryomap.simulate.projection import fourier_shift_images
-from cryomap.simulate.threads import torch_threads
+from cryomap.core.euler import euler_to_matrix
+from cryomap.core.ctf import CtfParams, ctf_images, subset
+from cryomap.core.fourier import fourier_shift_images
+from cryomap.core.threads import torch_threads
 
 
 def reconstruct(
@@ -37,11 +37,11 @@ def reconstruct(
 
     ``rot``/``tilt``/``psi`` degrees (RELION ZYZ), ``shifts_A`` (N, 2) RELION
     ``rlnOriginX/YAngst`` in Å, ``apix`` Å/px. With ``ctf`` (per-particle
-    :class:`~cryomap.simulate.ctf.CtfParams`), images are taken as CTF-modulated (RELION sign)
+    :class:`~cryomap.core.ctf.CtfParams`), images are taken as CTF-modulated (RELION sign)
     and corrected by a Wiener-style filter with constant ``wiener_epsilon`` (in units of summed
     CTF² weight). Images may be a memory-mapped stack: they are read ``batch_size`` at a time.
     Voxel values are on the scale of the original map (the inverse of ``project``).
-    ``threads``: torch intra-op threads while inserting (see :mod:`cryomap.simulate.threads`).
+    ``threads``: torch intra-op threads while inserting (see :mod:`cryomap.core.threads`).
     """
     with torch_threads(threads):
         return _reconstruct(images, rot, tilt, psi, shifts_A, apix, ctf, wiener_epsilon, pad_factor, batch_size)
@@ -52,7 +52,7 @@ def _reconstruct(images, rot, tilt, psi, shifts_A, apix, ctf, wiener_epsilon, pa
     from torch_fourier_slice import insert_central_slices_rfft_3d
     from torch_fourier_slice.volume_utils import separable_sinc2_correction
 
-    n, h, w = images.shape
+    n, h, w = images.shape  # an array, a memmap or a ParticleSource (read ``batch_size`` rows at a time)
     if h != w:
         raise ValueError(f"images must be square, got {h}×{w}")
     rot, tilt, psi = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (rot, tilt, psi))
@@ -82,9 +82,7 @@ def _reconstruct(images, rot, tilt, psi, shifts_A, apix, ctf, wiener_epsilon, pa
             imgs = torch.nn.functional.pad(imgs, [p] * 4)
             ft = torch.fft.fftshift(torch.fft.rfft2(torch.fft.ifftshift(imgs, dim=(-2, -1))), dim=(-2,))
             if ctf is not None:
-                c = ctf_2d(*(np.atleast_1d(a)[start:stop] for a in (ctf.defocus_u, ctf.defocus_v, ctf.angle)),
-                           voltage=ctf.voltage, cs=ctf.cs, amplitude_contrast=ctf.amplitude_contrast, apix=apix,
-                           shape=(size, size), bfactor=ctf.bfactor)
+                c = ctf_images(subset(ctf, slice(start, stop)), apix, (size, size))
                 c = torch.fft.fftshift(c, dim=(-2,))
                 num, _ = insert_central_slices_rfft_3d(ft * c, volume_shape, matrices[start:stop], fftfreq_max=0.5)
                 den, _ = insert_central_slices_rfft_3d((c * c).to(torch.complex64), volume_shape, matrices[start:stop],
@@ -132,7 +130,8 @@ def half_set_reconstructions(
     halves = [np.sort(order[: n // 2]), np.sort(order[n // 2:])]
     out = []
     for idx in halves:
-        imgs = images[idx] if not isinstance(images, np.memmap) else np.asarray(images[idx])
+        # a particle source subsets lazily (read chunk by chunk); an array is indexed
+        imgs = images.subset(idx) if hasattr(images, "subset") else np.asarray(images[idx])
         out.append(reconstruct(
             imgs, np.asarray(rot)[idx], np.asarray(tilt)[idx], np.asarray(psi)[idx],
             None if shifts_A is None else np.asarray(shifts_A)[idx], apix,

@@ -15,6 +15,33 @@ from pathlib import Path
 
 from cryomap.errors import OutputExistsError
 
+#: File every output folder cryomap writes holds; ``--force`` replaces only folders that have it.
+OUTPUT_MARKER = ".cryomap-output"
+
+
+def is_cryomap_output(folder: str | Path) -> bool:
+    """True for a folder cryomap wrote (it holds :data:`OUTPUT_MARKER`)."""
+    return (Path(folder) / OUTPUT_MARKER).is_file()
+
+
+def mark_output(folder: str | Path, what: str = "") -> None:
+    """Mark ``folder`` as written by cryomap (so a later ``--force`` may replace it)."""
+    (Path(folder) / OUTPUT_MARKER).write_text(f"written by cryomap{': ' + what if what else ''}\n")
+
+
+def check_replaceable_dir(target: str | Path, force: bool = False) -> Path:
+    """Like :func:`check_writable` for an output folder: with ``force`` an existing folder is
+    replaceable only if cryomap wrote it (or it is empty); a file in its place is refused."""
+    target = check_writable(target, force)
+    if target.exists():
+        if not target.is_dir():
+            raise OutputExistsError("exists and is a file, not an output folder; choose another -o", target)
+        if any(target.iterdir()) and not is_cryomap_output(target):
+            raise OutputExistsError(
+                "exists and was not written by cryomap; --force replaces only cryomap's own outputs: choose another -o",
+                target)
+    return target
+
 
 def check_writable(target: str | Path, force: bool = False) -> Path:
     """Return ``target`` as a Path; raise :class:`OutputExistsError` if it exists and not ``force``."""
@@ -51,12 +78,17 @@ def atomic_path(target: str | Path, force: bool = False) -> Iterator[Path]:
 def atomic_dir(target: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; move it onto ``target`` when the block succeeds.
 
-    With ``force`` an existing ``target`` folder is replaced only after the new one is complete.
+    With ``force`` an existing ``target`` folder is replaced only after the new one is complete,
+    and only if cryomap wrote it (:func:`check_replaceable_dir`). The new folder is marked as
+    cryomap's (:data:`OUTPUT_MARKER`).
     """
-    target = check_writable(target, force)
+    target = check_replaceable_dir(target, force)
+    if target.parent.exists() and not target.parent.is_dir():
+        raise OutputExistsError("the parent of this output is a file, not a folder", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
+        mark_output(tmp)
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -66,13 +66,13 @@ def _euler_zyz_from_rotvec(rotvec: np.ndarray) -> np.ndarray:
     ``expmap`` returns the *transpose* of the Rodrigues matrix (``R.T``, R = scipy's
     ``from_rotvec``). RELION's ``A(rot, tilt, psi)`` equals the transpose of scipy's intrinsic
     ``ZYZ`` matrix of the same angles. ``A = Rᵀ`` is decomposed with RELION's own
-    ``Euler_matrix2angles`` rule (:func:`cryomap.simulate.angles.matrix_to_euler`, the same as
+    ``Euler_matrix2angles`` rule (:func:`cryomap.core.euler.matrix_to_euler`, the same as
     pyem's ``rot2euler``, including rot = 0 at the gimbal lock). Checked against pyem's formulas
     in tests/test_io_formats.py (the reference .cs has no poses to check against).
     """
     from scipy.spatial.transform import Rotation
 
-    from cryomap.simulate.angles import matrix_to_euler
+    from cryomap.core.euler import matrix_to_euler
 
     a = Rotation.from_rotvec(np.asarray(rotvec, dtype=np.float64).reshape(-1, 3)).as_matrix().transpose(0, 2, 1)
     return np.column_stack(matrix_to_euler(a))

@@ -38,6 +38,7 @@ OPTICS_COLUMNS = (
     "rlnImageSize",
     "rlnImageDimensionality",
     "rlnCtfDataAreCtfPremultiplied",
+    "rlnCtfDataArePhaseFlipped",
     "rlnBeamTiltX",
     "rlnBeamTiltY",
 )
@@ -109,6 +110,8 @@ def read_star(path: str | Path) -> StarTable:
             raise BadInputError(f"particles use optics groups {sorted(missing_groups)} not in data_optics", path)
         add = [c for c in optics.columns if c not in particles.columns or c == "rlnOpticsGroup"]
         particles = particles.merge(optics[add], on="rlnOpticsGroup", how="left", sort=False)
+        # RELION 3.1 files may still carry pixel origins (relion_project writes them): same rule as 3.0
+        particles = _origins_to_angstrom(particles)
     else:
         particles = _upgrade_relion30(particles)
     extra = {k: v for k, v in blocks.items() if k not in (key, "optics")}
@@ -145,11 +148,13 @@ def _upgrade_relion30(particles: pd.DataFrame) -> pd.DataFrame:
 
 
 def _origins_to_angstrom(df: pd.DataFrame) -> pd.DataFrame:
-    """RELION 3.0 ``rlnOriginX/Y/Z`` (px) → 3.1 ``rlnOriginX/Y/ZAngst`` (Å), in place of the old columns.
+    """Pixel origins ``rlnOriginX/Y/Z`` (px) → ``rlnOriginX/Y/ZAngst`` (Å), in place of the old columns.
 
-    RELION 3.1 converts the same way when it reads a 3.0 file (and ignores pixel origins in a
-    file with an optics block), so a 3.0 table written back as 3.1 keeps its shifts. Needs one
-    pixel size per row (``rlnImagePixelSize``/``rlnPixelSize``); without it the columns stay.
+    RELION 3.1 converts the same way when it reads a 3.0 file, so a 3.0 table written back as 3.1
+    keeps its shifts. A 3.1 file (with an optics block) may carry pixel origins too —
+    ``relion_project`` writes them — and is converted the same way where it has no Å column for
+    that axis; where both exist the Å column wins and the pixel one is dropped. Needs one pixel
+    size per row (``rlnImagePixelSize``/``rlnPixelSize``); without it the columns stay.
     """
     size_col = next((c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in df), None)
     if size_col is None:
@@ -163,6 +168,8 @@ def _origins_to_angstrom(df: pd.DataFrame) -> pd.DataFrame:
             # 6 decimals, as the STAR writer keeps them (so read → write → read is exact)
             values = (pd.to_numeric(df[old], errors="coerce").astype(float) * apix).round(6)
             df.insert(df.columns.get_loc(old), new, values)
+            df = df.drop(columns=[old])
+        elif old in df:
             df = df.drop(columns=[old])
     return df
 

@@ -1,5 +1,6 @@
-"""Per-micrograph particle image operations: box cutting with an edge policy, Fourier binning and
-RELION-style background normalisation. Pure array functions, no file I/O.
+"""Box cutting with an edge policy, per micrograph. Pure array functions, no file I/O (binning and
+background normalisation are the shared :func:`cryomap.core.fourier.resize_images` and
+:func:`cryomap.core.images.standardize_images`).
 
 Box convention (RELION's): a particle at integer centre ``(xc, yc)`` (x = column, y = row) is the
 ``box``×``box`` window whose pixel ``(box // 2, box // 2)`` is ``(xc, yc)``, i.e. rows
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryomap.core.images import background_mask
+
 EDGE_POLICIES = ("skip", "pad")
 
 
@@ -19,13 +22,6 @@ def box_fits(xc: np.ndarray, yc: np.ndarray, box: int, shape: tuple[int, int]) -
     x0 = np.asarray(xc) - box // 2
     y0 = np.asarray(yc) - box // 2
     return (x0 >= 0) & (y0 >= 0) & (x0 + box <= shape[1]) & (y0 + box <= shape[0])
-
-
-def background_mask(box: int, bg_radius: float) -> np.ndarray:
-    """Boolean (box, box) mask of pixels farther than ``bg_radius`` px from the box centre (box//2, box//2)."""
-    c = box // 2
-    yy, xx = np.mgrid[:box, :box]
-    return (xx - c) ** 2 + (yy - c) ** 2 > float(bg_radius) ** 2
 
 
 def cut_boxes(
@@ -67,42 +63,3 @@ def cut_boxes(
         img[~inside] = float(img[sel].mean()) if sel.any() else 0.0
         out[k] = img
     return out, kept, padded
-
-
-def fourier_bin(images: np.ndarray, out_box: int) -> np.ndarray:
-    """Downsample (n, box, box) images to (n, out_box, out_box) by Fourier cropping.
-
-    Uses torch-fourier-rescale (crop of the centred DFT, mean preserved); the pixel size grows by
-    ``box / out_box``.
-    """
-    if images.shape[-1] == out_box:
-        return images
-    import torch
-    from torch_fourier_rescale import fourier_rescale_2d
-
-    with torch.no_grad():
-        t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        res, _ = fourier_rescale_2d(t, target_shape=(out_box, out_box))
-    return res.numpy().astype(np.float32, copy=False)
-
-
-def normalize_background(images: np.ndarray, bg_radius: float, invert: bool = False, *, inplace: bool = False) -> np.ndarray:
-    """RELION normalisation: per image, mean 0 and standard deviation 1 over the pixels outside a
-    circle of ``bg_radius`` px around the box centre; ``invert`` then flips the contrast (×−1).
-
-    Images whose background is constant are only shifted (divided by 1), not blown up. With
-    ``inplace`` a float32 input is overwritten instead of copied (saves one batch of memory).
-    """
-    if len(images) == 0:
-        return images.astype(np.float32, copy=False)
-    mask = background_mask(images.shape[-1], bg_radius)
-    if not mask.any():
-        raise ValueError(f"background radius {bg_radius} px leaves no background in a {images.shape[-1]} px box")
-    out = images if inplace and images.dtype == np.float32 else np.array(images, dtype=np.float32, copy=True)
-    sign = -1.0 if invert else 1.0
-    for im in out:  # one image at a time: no batch-sized float64 temporaries
-        bg = im[mask].astype(np.float64)
-        mean, std = bg.mean(), bg.std()
-        im -= np.float32(mean)
-        im *= np.float32(sign / (std if std > 0 else 1.0))
-    return out

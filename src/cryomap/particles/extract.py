@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cryomap.errors import BadInputError, CryomapError
-from cryomap.particles.sources import (  # noqa: F401  (default_box, MicrographJob re-exported)
+from cryomap.particles.plan import (  # noqa: F401  (default_box, MicrographJob re-exported)
     REWRITTEN,
     MicrographJob,
     clear_caches,
@@ -153,7 +153,9 @@ def extract_micrograph(path: Path, xi: np.ndarray, yi: np.ndarray, p: _Params, t
     ``stats`` for :meth:`StackWriter.record`, or ``error`` and ``path``).
     """
     from cryomap.io.micrograph import read_micrograph
-    from cryomap.particles.boxes import cut_boxes, fourier_bin, normalize_background
+    from cryomap.core.fourier import resize_images
+    from cryomap.core.images import standardize_images
+    from cryomap.particles.boxes import cut_boxes
 
     try:
         mic = read_micrograph(path, mmap=True)
@@ -161,8 +163,9 @@ def extract_micrograph(path: Path, xi: np.ndarray, yi: np.ndarray, p: _Params, t
         del mic
         if len(images) != n_expected:
             raise BadInputError(f"image size differs from its header ({len(images)} boxes fit, header says {n_expected})", path)
-        images = fourier_bin(images, p.out_box)
-        images = normalize_background(images, p.bg_radius, p.invert, inplace=True)
+        if images.shape[-1] != p.out_box:
+            images = resize_images(images, p.out_box)
+        images = standardize_images(images, p.bg_radius, invert=p.invert, inplace=True)
         return {"stats": target.write(index, images)}
     except CryomapError as err:
         return {"error": err.message, "path": str(err.path or path)}

@@ -30,8 +30,8 @@ import pandas as pd
 
 from cryomap.errors import BadInputError
 from cryomap.io.atomic import atomic_dir
-from cryomap.simulate.angles import random_euler_angles
-from cryomap.simulate.ctf import CtfParams, normalise_defocus
+from cryomap.core.euler import random_euler_angles
+from cryomap.core.ctf import CtfParams, normalise_defocus
 from cryomap.simulate.micrograph import (
     AUTO_PACKING,
     MAX_PACKING,
@@ -39,7 +39,7 @@ from cryomap.simulate.micrograph import (
     place_particles,
     render_micrograph,
 )
-from cryomap.simulate.threads import torch_threads
+from cryomap.core.threads import torch_threads
 from cryomap.simulate.structure_map import _is_map, model_extent, resolve_source, structure_to_map
 
 MANIFEST_VERSION = 1

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cryomap.errors import BadInputError
-from cryomap.simulate.ctf import CtfParams, apply_ctf, ctf_2d
+from cryomap.core.ctf import CtfParams, apply_ctf, ctf_2d
 
 #: Disc packing fraction used when the number of micrographs is chosen automatically, and the
 #: most cryomap will try to place when the user fixes it (random sequential packing jams at 0.547).

@@ -1,7 +1,7 @@
 """Fourier-slice projection of a map in RELION's convention (torch-fourier-slice).
 
 ``image(x, y) = Σ_z V(Aᵀ · (x, y, z))`` with ``A`` the RELION ZYZ matrix of (rot, tilt, psi)
-(:func:`cryomap.simulate.angles.euler_to_matrix`), x the fast axis and the centre of both the map
+(:func:`cryomap.core.euler.euler_to_matrix`), x the fast axis and the centre of both the map
 and the image at pixel ``box // 2`` (RELION's logical origin, the same centre extraction uses).
 A particle's ``rlnOriginX/YAngst`` = (ox, oy) Å means its centre sits at ``box // 2 − o / apix``,
 i.e. the projection is shifted by ``−o`` (RELION ≥ 3.1; re-centring subtracts the origin from the
@@ -20,7 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cryomap.simulate.angles import euler_to_matrix
+from cryomap.core.euler import euler_to_matrix
+from cryomap.core.fourier import fourier_shift_images
 
 
 def _as_volume(volume: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -29,22 +30,6 @@ def _as_volume(volume: torch.Tensor | np.ndarray) -> torch.Tensor:
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise ValueError(f"volume must be cubic (D, D, D), got {tuple(vol.shape)}")
     return vol
-
-
-def fourier_shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
-    """Shift images (N, D, D) by ``shifts_px`` (N, 2) = (dx, dy) pixels (content moves to +x, +y).
-
-    A phase ramp on the full FFT (exact sub-pixel, periodic). Written here rather than with
-    torch-fourier-shift because that package's shift sign/centre convention would have to be
-    re-derived for every caller; this one is three lines and tested against integer rolls.
-    """
-    d = images.shape[-1]
-    f = torch.fft.fftfreq(d, dtype=torch.float64)
-    dx = shifts_px[:, 0].to(torch.float64)[:, None, None]
-    dy = shifts_px[:, 1].to(torch.float64)[:, None, None]
-    phase = torch.exp(-2j * torch.pi * (f[None, :, None] * dy + f[None, None, :] * dx))
-    out = torch.fft.ifft2(torch.fft.fft2(images.to(torch.float64)) * phase).real
-    return out.to(images.dtype)
 
 
 class Projector:

@@ -231,9 +231,9 @@ def build_prediction_condition(
     mode = mode or "stack"
     if mode != "stack":
         raise BadInputError(f"a synthetic-data model predicts from particle stacks only, not mode {mode!r}")
-    from cryomap.datasets.particles import ParticleImages
+    from cryomap.particles.source import open_particles
 
-    images = ParticleImages(particles_star)
+    images = open_particles(particles_star)
     return build_condition(images, "stack", int(meta["depth"]), np.random.default_rng(seed), n_images=n_images)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from cryomap.errors import BadInputError, OutputExistsError
-from cryomap.io.atomic import atomic_path
+from cryomap.io.atomic import atomic_path, check_replaceable_dir, mark_output
 from cryomap.train.config import TrainConfig
 
 
@@ -49,8 +49,11 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> Path | None:
     if launch_rank() == 0 and run_dir.exists() and any(run_dir.iterdir()):
         if not force:
             raise OutputExistsError("run folder already exists; pass --resume to continue or --force to start over", run_dir)
+        check_replaceable_dir(run_dir, force)  # --force replaces only a folder cryomap wrote
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if launch_rank() == 0:
+        mark_output(run_dir, "train")
     return None
 
 

@@ -1,10 +1,14 @@
-"""Contrast transfer function from RELION parameters, computed with torch-ctf.
+"""The contrast transfer function every stage shares: RELION parameters in, torch-ctf inside.
 
 RELION units in, torch-ctf units inside: ``defocus_u/v`` Å (positive = underfocus, U ≥ V after
 :func:`normalise_defocus`), ``angle`` degrees from the image x axis to the U direction, voltage
-kV, Cs mm, amplitude contrast as a fraction, B-factor Å² (envelope ``exp(−B s² / 4)``). The sign
-is RELION's: positive at low frequency, so ``CTF · projection`` shows the molecule bright
-(the convention of the STAR file and of contrast-inverted extracted particles).
+kV, Cs mm, amplitude contrast as a fraction, phase shift degrees (phase plates), B-factor Å²
+(envelope ``exp(−B s² / 4)``). The sign is RELION's: positive at low frequency, so
+``CTF · projection`` shows the molecule bright (the convention of the STAR file and of
+contrast-inverted extracted particles).
+
+:func:`ctf_params_from_table` is the one place a CTF is read from a particle table (RELION column
+names, as :mod:`cryomap.io.star` and :mod:`cryomap.io.cs` deliver them).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ class CtfParams:
     cs: float = 2.7  # mm
     amplitude_contrast: float = 0.1
     bfactor: float = 0.0  # Å²
+    phase_shift: np.ndarray | float = 0.0  # degrees (per particle or one value)
+
+    def __len__(self) -> int:
+        return int(np.atleast_1d(self.defocus_u).shape[0])
 
     def as_dict(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
@@ -51,9 +59,14 @@ def ctf_2d(
     apix: float,
     shape: tuple[int, int],
     bfactor: float = 0.0,
+    phase_shift: np.ndarray | float = 0.0,
     rfft: bool = True,
 ) -> torch.Tensor:
-    """CTF images (N, h, w//2+1) (``rfft``) or (N, h, w), un-shifted (DC at [0, 0]) as ``torch.fft`` lays them out."""
+    """CTF images (N, h, w//2+1) (``rfft``) or (N, h, w), un-shifted (DC at [0, 0]) as ``torch.fft`` lays them out.
+
+    Defoci Å, angle and ``phase_shift`` degrees (per image or one value), voltage kV, Cs mm,
+    ``apix`` Å/px, ``bfactor`` Å².
+    """
     from torch_ctf import calculate_ctf_2d
 
     u, v, a = normalise_defocus(np.atleast_1d(defocus_u), np.atleast_1d(defocus_v), np.atleast_1d(angle))
@@ -64,7 +77,7 @@ def ctf_2d(
         voltage=float(voltage),
         spherical_aberration=float(cs),
         amplitude_contrast=float(amplitude_contrast),
-        phase_shift=0.0,
+        phase_shift=_per_image(phase_shift, len(u)),
         pixel_size=float(apix),
         image_shape=tuple(shape),
         rfft=rfft,
@@ -78,15 +91,21 @@ def ctf_2d(
     return ctf
 
 
-def pad_centred(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero-pad (N, D, D) images to (N, size, size) keeping pixel D//2 at size//2."""
-    d = images.shape[-1]
-    if size == d:
-        return images
-    out = images.new_zeros(images.shape[:-2] + (size, size))
-    o = size // 2 - d // 2
-    out[..., o:o + d, o:o + d] = images
-    return out
+def _per_image(value: np.ndarray | float, n: int) -> torch.Tensor | float:
+    """A scalar stays a float; an array becomes an (n,) float32 tensor (torch-ctf broadcasts both)."""
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if arr.size == 1:
+        return float(arr[0])
+    if arr.size != n:
+        raise ValueError(f"{arr.size} phase shifts for {n} images")
+    return torch.as_tensor(arr, dtype=torch.float32)
+
+
+def ctf_images(params: "CtfParams", apix: float, shape: tuple[int, int], *, rfft: bool = True) -> torch.Tensor:
+    """:func:`ctf_2d` for every particle of ``params`` (N, h, w//2+1), DC at [0, 0]."""
+    return ctf_2d(params.defocus_u, params.defocus_v, params.angle, voltage=params.voltage, cs=params.cs,
+                  amplitude_contrast=params.amplitude_contrast, apix=apix, shape=shape,
+                  bfactor=params.bfactor, phase_shift=params.phase_shift, rfft=rfft)
 
 
 def apply_ctf(
@@ -101,12 +120,12 @@ def apply_ctf(
     Images are zero-padded about their centre to ``out_size`` first, so the CTF's delocalised
     fringes are kept rather than wrapped around the box.
     """
+    from cryomap.core.fourier import pad_centred
+
     imgs = torch.as_tensor(np.array(images, dtype=np.float32))
     size = out_size or imgs.shape[-1]
     imgs = pad_centred(imgs, size)
-    ctf = ctf_2d(params.defocus_u, params.defocus_v, params.angle, voltage=params.voltage, cs=params.cs,
-                 amplitude_contrast=params.amplitude_contrast, apix=apix, shape=(size, size),
-                 bfactor=params.bfactor)
+    ctf = ctf_images(params, apix, (size, size))
     out = torch.fft.irfft2(torch.fft.rfft2(imgs) * ctf, s=(size, size))
     return out.numpy().astype(np.float32)
 
@@ -129,23 +148,50 @@ def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_co
     return s[idx][:n]
 
 
+#: RELION columns a CTF needs at least (the rest have RELION's defaults when absent).
+CTF_REQUIRED_COLUMNS = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration")
+
+
+def missing_ctf_columns(columns) -> list[str]:
+    """The required CTF columns (:data:`CTF_REQUIRED_COLUMNS`) a table lacks."""
+    return [c for c in CTF_REQUIRED_COLUMNS if c not in set(columns)]
+
+
 def ctf_params_from_table(table, bfactor: float | None = None) -> CtfParams:
-    """:class:`CtfParams` from a flat RELION particle table (``read_star(...).particles``)."""
-    def col(name, default=None):
+    """:class:`CtfParams` from a flat RELION particle table (optics merged, as ``read_star`` gives it).
+
+    ``rlnDefocusU`` (Å), ``rlnVoltage`` (kV) and ``rlnSphericalAberration`` (mm) are required
+    (``KeyError`` naming them otherwise); ``rlnDefocusV`` defaults to U, ``rlnDefocusAngle`` and
+    ``rlnPhaseShift`` to 0°, ``rlnAmplitudeContrast`` to 0.1 and ``rlnCtfBfactor`` to 0 Å² (the
+    mean when it varies, as the envelope is applied per batch). Voltage, Cs and amplitude contrast
+    are taken from the first row: they are optics-group constants.
+    """
+    missing = missing_ctf_columns(table.columns)
+    if missing:
+        raise KeyError(f"the particle table lacks CTF columns {', '.join(missing)}")
+
+    def col(name: str, default: float | None = None) -> np.ndarray:
         if name in table:
             return np.asarray(table[name], dtype=np.float64)
-        if default is None:
-            raise KeyError(f"STAR table lacks {name}")
         return np.full(len(table), float(default))
 
+    u = col("rlnDefocusU")
     b = bfactor if bfactor is not None else (float(np.mean(col("rlnCtfBfactor"))) if "rlnCtfBfactor" in table else 0.0)
-    return CtfParams(col("rlnDefocusU"), col("rlnDefocusV", table["rlnDefocusU"] if "rlnDefocusU" in table else None),
-                     col("rlnDefocusAngle", 0.0), float(col("rlnVoltage")[0]), float(col("rlnSphericalAberration")[0]),
-                     float(col("rlnAmplitudeContrast", 0.1)[0]), b)
+    return CtfParams(
+        defocus_u=u,
+        defocus_v=col("rlnDefocusV") if "rlnDefocusV" in table else u.copy(),
+        angle=col("rlnDefocusAngle", 0.0),
+        voltage=float(col("rlnVoltage")[0]),
+        cs=float(col("rlnSphericalAberration")[0]),
+        amplitude_contrast=float(col("rlnAmplitudeContrast", 0.1)[0]),
+        bfactor=b,
+        phase_shift=col("rlnPhaseShift", 0.0),
+    )
 
 
 def subset(params: CtfParams, index: np.ndarray | slice) -> CtfParams:
     """The CTF parameters of a subset of particles."""
+    ps = np.atleast_1d(np.asarray(params.phase_shift, dtype=np.float64))
     return CtfParams(np.atleast_1d(params.defocus_u)[index], np.atleast_1d(params.defocus_v)[index],
                      np.atleast_1d(params.angle)[index], params.voltage, params.cs, params.amplitude_contrast,
-                     params.bfactor)
+                     params.bfactor, ps if ps.size == 1 else ps[index])

@@ -1,4 +1,4 @@
-"""Where particles come from: plan extraction jobs from a CryoPPP folder or a STAR file.
+"""Extraction plans: which micrographs to cut and which particle rows each holds (CryoPPP folder or STAR).
 
 Each :class:`MicrographJob` is one micrograph on disk, the name written to ``rlnMicrographName``
 and its particle rows (``x``, ``y`` in px plus every column carried to the output STAR). See
