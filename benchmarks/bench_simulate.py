@@ -11,7 +11,7 @@ It makes no micrographs, so it does strictly less work; the ratio says what the 
 realism costs, and the peak-memory columns show which of the two grows with N.
 
 Each (tool, N) runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own; both run with
-one torch thread (cryomap's default for this work, see :mod:`cryomap.simulate.threads`).
+one torch thread (cryomap's default for this work, see :mod:`cryomap.core.threads`).
 ``python -m benchmarks simulate``; JSON in ``bench_out/bench_simulate.json``. Environment:
 ``CRYOMAP_BENCH_SIM_COUNTS`` (default ``1000,10000``), ``CRYOMAP_BENCH_REPEATS`` (default 1;
 particles/s is the median over repeats, peak RSS the maximum).
@@ -48,7 +48,7 @@ t = time.perf_counter()
 import mrcfile, numpy as np, pandas as pd, starfile, torch
 from torch_ctf import calculate_ctf_2d
 from torch_fourier_slice import project_3d_to_2d
-from cryomap.simulate.angles import euler_to_matrix, random_euler_angles
+from cryomap.core.euler import euler_to_matrix, random_euler_angles
 from cryomap.simulate.structure_map import structure_to_map, model_extent
 torch.set_num_threads(1)
 n, out, name, apix, snr = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[6])
@@ -102,7 +102,7 @@ def _projector_vs_library(n: int = 512, box: int = 96, batch: int = 64) -> dict:
     import torch
     from torch_fourier_slice import project_3d_to_2d
 
-    from cryomap.simulate.angles import euler_to_matrix, random_euler_angles
+    from cryomap.core.euler import euler_to_matrix, random_euler_angles
     from cryomap.simulate.projection import Projector
     from cryomap.simulate.structure_map import structure_to_map
 
@@ -123,7 +123,7 @@ def _reconstruct_rate(n: int = 1000, box: int = 64) -> dict:
     import numpy as np
 
     from cryomap.evaluate.reconstruct import reconstruct
-    from cryomap.simulate.angles import random_euler_angles
+    from cryomap.core.euler import random_euler_angles
     from cryomap.simulate.projection import project
     from cryomap.simulate.structure_map import structure_to_map
 
@@ -165,7 +165,7 @@ def main() -> dict:
         print(f"{b['particles']} vs {a['particles']} particles: wall time cryomap x{b['cryomap_wall_s'] / a['cryomap_wall_s']:.1f}, "
               f"peer x{b['peer_wall_s'] / a['peer_wall_s']:.1f}; peak RSS cryomap x{b['cryomap_peak_rss_mb'] / a['cryomap_peak_rss_mb']:.2f}, "
               f"peer x{b['peer_peak_rss_mb'] / a['peer_peak_rss_mb']:.2f}")
-    from cryomap.simulate.threads import torch_threads
+    from cryomap.core.threads import torch_threads
 
     with torch_threads(1):  # both sides single-threaded, as cryomap runs them
         proj = _projector_vs_library()
