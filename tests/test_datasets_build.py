@@ -65,7 +65,7 @@ def write_config(root: Path, targets, name: str, **overrides) -> Path:
            "split": {"by": "targets", "val_targets": ["b"], "test_targets": ["c"], "particle_holdout": 0.25},
            "targets": targets}
     for k, v in overrides.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) and isinstance(cfg.get(k, {}), dict) else v
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -309,3 +309,34 @@ def test_validation_passes_repeat_and_epochs_differ_through_lightning_sampler(by
     assert all(torch.equal(a, b) for a, b in zip(e3, [c for c, _ in loader]))  # resumable: epoch 3 again
     loader.sampler.set_epoch(4)
     assert not any(torch.equal(a, b) for a, b in zip(e3, [c for c, _ in loader]))
+
+
+def test_preprocessing_chain_is_applied_recorded_and_reused_for_prediction(raw, tmp_path):
+    """A dataset config's chain shapes the stored images, lands in the manifest and in a model's meta,
+    and a prediction condition from new particles goes through the same chain."""
+    from cryomap.datasets.build import build_dataset
+    from cryomap.datasets.datamodule import condition_for_prediction
+    from cryomap.datasets.images import prepare_images
+    from cryomap.datasets.manifest import Manifest
+    from cryomap.preprocess.denoise import lowpass
+    from cryomap.train.dataset_adapter import manifest_meta
+
+    root, targets, images = raw
+    chain = [{"step": "denoise", "method": "lowpass", "resolution": 6.0}]
+    out = build_dataset(write_config(root, targets, "chained", preprocess=chain), tmp_path / "chained")
+    m = Manifest.load(out)
+    assert m.preprocess == chain and manifest_meta(m)["preprocess"] == chain
+    store = np.load(out / m.target("a")["images"])
+    expected = prepare_images(lowpass(images["a"], 1.25, 6.0), BOX)
+    np.testing.assert_allclose(store, expected, atol=1e-5)
+    assert not np.allclose(store, prepare_images(images["a"], BOX), atol=1e-2)  # the chain did something
+    # new particles (a STAR) for prediction: the condition's slices are chain-processed particles
+    cond = condition_for_prediction(m, root / "b.star", seed=0)[0]
+    chained_b = prepare_images(lowpass(images["b"], 1.25, 6.0), BOX).reshape(N_PARTICLES, -1)
+    for s in cond.reshape(BOX, -1):
+        assert np.abs(chained_b - s).max(axis=1).min() < 1e-4
+    bad = write_config(root, targets, "badchain", preprocess=[{"step": "sharpen"}])
+    from cryomap.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="unknown preprocessing step"):
+        build_dataset(bad, tmp_path / "bad")

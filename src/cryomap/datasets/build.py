@@ -26,6 +26,7 @@ from cryomap.io.mrc import read_stack
 from cryomap.labels.make import make_label_file
 from cryomap.particles.source import ParticleSource, open_particles
 from cryomap.particles.writer import write_subset_star
+from cryomap.preprocess.chain import apply_chain
 from cryomap.progress import progress_bar, summary
 
 #: Particles resized per chunk while writing an image store (bounds memory at ~chunk·h·w·4 bytes).
@@ -105,7 +106,9 @@ def build_dataset(config_path: str | Path, out_dir: str | Path, force: bool = Fa
     depth = cfg.label.box
     mode = cfg.condition.mode
     splits = assign_target_splits(cfg, rng)
-    sources = {t.name: open_particles(t.particles) for t in cfg.targets}  # validates stacks up front
+    raw_sources = {t.name: open_particles(t.particles) for t in cfg.targets}  # validates stacks up front
+    # the preprocessing chain (if any) is applied as the particles are read, before resizing
+    sources = {name: apply_chain(src, cfg.preprocess or []) for name, src in raw_sources.items()}
     entries = []
     with atomic_dir(out_dir, force=force) as tmp:
         for sub in ("labels", "images", "classes", "latents", "heldout"):
@@ -151,7 +154,8 @@ def build_dataset(config_path: str | Path, out_dir: str | Path, force: bool = Fa
                 if entry["subsets"]["heldout"]:
                     # the held-out particles as a STAR of their own, for `cryomap predict --particles`
                     entry["heldout_star"] = f"heldout/{t.name}.star"
-                    write_subset_star(images.subset(np.asarray(entry["subsets"]["heldout"])), tmp / entry["heldout_star"])
+                    write_subset_star(raw_sources[t.name].subset(np.asarray(entry["subsets"]["heldout"])),
+                                      tmp / entry["heldout_star"])
                 entries.append(entry)
         manifest = {
             "version": MANIFEST_VERSION,
@@ -159,6 +163,7 @@ def build_dataset(config_path: str | Path, out_dir: str | Path, force: bool = Fa
             "split_by": cfg.split.by,
             "label": cfg.label.model_dump(),
             "condition": {**cfg.condition.model_dump(), "depth": depth},
+            "preprocess": cfg.preprocess,
             "targets": entries,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))

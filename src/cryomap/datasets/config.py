@@ -6,6 +6,7 @@ Relative paths resolve against the folder of the config file. Example::
     label: {apix: 1.0, box: 64, threshold: null}
     condition: {mode: stack, n_images: null}   # n_images: default D (stack) / 20 (class modes)
     split: {by: targets, val_targets: [b], test_targets: [], particle_holdout: 0.1}
+    preprocess: [{step: phase-flip}, {step: denoise, method: unet}]   # optional, cryomap.preprocess.chain
     targets:
       - {name: a, particles: a/particles.star, map: a/map.mrc}
       - {name: b, particles: b/particles.star, map: b/map.mrc, map_apix: 1.2}
@@ -90,7 +91,26 @@ class DatasetConfig(_Strict):
     label: LabelConfig = Field(default_factory=LabelConfig)
     condition: ConditionConfig = Field(default_factory=ConditionConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: list[dict] | None = Field(
+        None, description="Preprocessing chain applied to every particle before it is resized (cryomap.preprocess.chain; "
+        "the same list `cryomap preprocess --config` takes). Recorded in the manifest and in trained models.")
     seed: int = 0
+
+    @field_validator("preprocess")
+    @classmethod
+    def _valid_chain(cls, steps: list[dict] | None) -> list[dict] | None:
+        if steps is None:
+            return None
+        from cryomap.preprocess.chain import make_op
+
+        if not steps:
+            raise ValueError("preprocess: an empty chain; leave it out instead")
+        for spec in steps:
+            try:
+                make_op(spec)
+            except BadInputError as exc:
+                raise ValueError(exc.message) from exc
+        return steps
 
     @field_validator("targets")
     @classmethod

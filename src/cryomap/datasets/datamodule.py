@@ -121,7 +121,6 @@ def condition_for_prediction(
     The same ``seed`` gives the same condition.
     """
     from cryomap.datasets.images import prepare_images
-    from cryomap.particles.source import open_particles
     from cryomap.io.mrc import read_stack
 
     m = dataset if isinstance(dataset, Manifest) else Manifest.load(dataset)
@@ -135,7 +134,7 @@ def condition_for_prediction(
         if mode == "stack":
             images = m.images(target)
     elif mode == "stack":
-        images = open_particles(particles_star)
+        images = m.open_particles(particles_star)  # through the dataset's preprocessing chain
     if class_averages is not None:
         classes = class_averages if isinstance(class_averages, np.ndarray) else read_stack(class_averages, apix=1.0, mmap=False).data
         classes = prepare_images(classes, m.depth)

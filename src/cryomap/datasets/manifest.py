@@ -105,9 +105,19 @@ class Manifest:
         t = self.target(name)
         if t.get("images"):
             return np.load(self.root / t["images"], mmap_mode="r")
-        from cryomap.particles.source import open_particles
+        return self.open_particles(t["particles"])
 
-        return open_particles(t["particles"])
+    @property
+    def preprocess(self) -> list[dict]:
+        """The preprocessing chain every particle of this dataset went through (empty: none)."""
+        return list(self.data.get("preprocess") or [])
+
+    def open_particles(self, path: str | Path):
+        """Particles of a STAR/.mrcs/.cs file through this dataset's preprocessing chain, as training saw them."""
+        from cryomap.particles.source import open_particles
+        from cryomap.preprocess.chain import apply_chain
+
+        return apply_chain(open_particles(path), self.preprocess)
 
     def class_averages(self, name: str) -> np.ndarray | None:
         t = self.target(name)

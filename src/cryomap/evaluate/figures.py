@@ -15,27 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cryomap.io.atomic import atomic_path
+from cryomap.plotting import pyplot, save_figure
 
 #: axis of the (z, y, x) array summed/sliced for a view "along" x, y, z
 _AXES = {"x": 2, "y": 1, "z": 0}
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path: str | Path, force: bool) -> Path:
-    path = Path(path)
-    with atomic_path(path, force=force) as tmp:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, force)
 
 
 def view(volume: np.ndarray, axis: str, kind: str) -> np.ndarray:

@@ -25,6 +25,9 @@ import starfile
 from cryomap.errors import BadInputError
 from cryomap.io.atomic import atomic_path
 
+#: First line of every STAR file cryomap writes.
+STAR_HEADER = "# written by cryomap\n"
+
 #: Columns that belong in ``data_optics`` when writing RELION 3.1.
 OPTICS_COLUMNS = (
     "rlnOpticsGroupName",
@@ -208,9 +211,10 @@ def write_star(path: str | Path, particles: pd.DataFrame, *, force: bool = False
     optics, parts = split_optics(particles)
     with atomic_path(path, force=force) as tmp:
         starfile.write({"optics": optics, block: parts}, tmp, overwrite=True)
-        # RELION 3.1 marks its tables with a version comment; starfile does not write it.
-        text = tmp.read_text()
-        tmp.write_text(re.sub(r"(?m)^data_", "# version 30001\ndata_", text))
+        # RELION 3.1 marks its tables with a version comment; starfile does not write it. starfile's own
+        # header carries the time of writing: replace it so equal tables give equal files.
+        text = re.sub(r"(?m)^# Created by the starfile.*\n", "", tmp.read_text())
+        tmp.write_text(STAR_HEADER + re.sub(r"(?m)^data_", "# version 30001\ndata_", text))
     return path
 
 

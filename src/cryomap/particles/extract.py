@@ -233,6 +233,7 @@ def extract_particles(
     force: bool = False,
     progress: bool = True,
     stack_per_micrograph: bool = False,
+    ctf: str | Path | None = None,
 ) -> ExtractResult:
     """Extract particles from a CryoPPP folder or a STAR file into ``out_dir``.
 
@@ -242,7 +243,8 @@ def extract_particles(
     Writes ``particles.mrcs`` + ``particles.star`` atomically into ``out_dir`` (a folder that must
     not exist unless ``force``); with ``stack_per_micrograph`` one ``stacks/<stem>_particles.mrcs``
     per micrograph instead of ``particles.mrcs``. Raises :class:`BadInputError` for bad input,
-    naming the file; a run that writes no particles is an error.
+    naming the file; a run that writes no particles is an error. ``ctf``: a ``micrographs_ctf.star``
+    from ``cryomap ctf`` whose CTF (per-patch defocus where it has a model) replaces the particles'.
     """
     from cryomap.io.atomic import atomic_dir, check_writable
     from cryomap.io.mrc import StackWriter
@@ -266,6 +268,11 @@ def extract_particles(
         jobs, star_table = plan_star(source, skip_bad, skipped)
     else:
         raise BadInputError("extract needs a CryoPPP dataset folder or a .star file", source)
+    if ctf is not None:
+        from cryomap.ctf_estimation.attach import attach_ctf
+
+        per_patch = attach_ctf(jobs, ctf)
+        notes.add(f"CTF from {Path(ctf).name}" + (", per-patch defocus" if per_patch else ""))
 
     if box is None:
         if diameter is None:

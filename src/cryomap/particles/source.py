@@ -323,8 +323,15 @@ class ParticleSource:
         ``"zero"`` policy; ``"raise"`` refuses it as read). Adds the flagged count to
         :attr:`nonfinite_count`.
         """
+        images, bad, _ = self.read_flags(rows)
+        return images, bad
+
+    def read_flags(self, rows: np.ndarray | Sequence[int] | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`read`, plus a (k,) mask of the images that were constant as stored (no information)."""
         rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
         images, bad = self.read_raw(rows)
+        flat = images.reshape(len(images), -1)
+        constant = (flat.max(axis=1) == flat.min(axis=1)) & ~bad if len(images) else np.zeros(0, bool)
         if self.ops:
             ctx = BatchContext(rows, self._table.iloc[rows].reset_index(drop=True), self.pixel_size, self.path,
                                {"input": images})
@@ -332,12 +339,23 @@ class ParticleSource:
                 images = np.asarray(op(images, ctx), dtype=np.float32)
                 ctx.outputs[op.key] = images
             after = ~np.isfinite(images).all(axis=(-2, -1)) if len(images) else np.zeros(0, bool)
-            if after.any():
+            if after.any() or bad.any():  # an image that was not finite as read stays zeros whatever the ops made
                 images = images.copy()
-                images[after] = 0.0
                 bad = bad | after
+                images[bad] = 0.0
         self.nonfinite_count += int(bad.sum())
-        return images, bad
+        return images, bad, constant
+
+    def read_steps(self, rows: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+        """Every intermediate of ``rows``: ``{"input": as read, op key: that op's output, ...}`` in chain order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        images, _ = self.read_raw(rows)
+        ctx = BatchContext(rows, self._table.iloc[rows].reset_index(drop=True), self.pixel_size, self.path,
+                           {"input": images})
+        for op in self.ops:
+            images = np.asarray(op(images, ctx), dtype=np.float32)
+            ctx.outputs[op.key] = images
+        return ctx.outputs
 
     def images(self, rows: np.ndarray | Sequence[int] | slice | None = None) -> np.ndarray:
         """Images of ``rows`` (all by default) after every op, (k, h, w) float32."""

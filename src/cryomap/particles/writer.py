@@ -37,6 +37,7 @@ class WriteResult:
     stack_path: Path
     n_particles: int
     n_nonfinite: int
+    n_constant: int  # images that were constant as read (no information; written as the ops made them)
     seconds: float
 
 
@@ -63,7 +64,7 @@ def _init_worker(source: ParticleSource) -> None:
     """Worker start: one thread each (set before torch/numpy start their pools), the source kept."""
     import os
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CRYOMAP_IMAGE_THREADS"):
         os.environ[var] = "1"
     global _WORKER_SOURCE
     _WORKER_SOURCE = source
@@ -75,12 +76,13 @@ def _init_worker(source: ParticleSource) -> None:
         pass
 
 
-def _write_chunk(source: ParticleSource | None, start: int, stop: int, target) -> tuple[tuple, int]:
-    """Read rows [start, stop) through the source's ops and write them at ``start``; (stats, non-finite)."""
+def _write_chunk(source: ParticleSource | None, start: int, stop: int, target) -> tuple[tuple, int, int]:
+    """Read rows [start, stop) through the source's ops and write them at ``start``;
+    (stats, non-finite count, constant count)."""
     src = source if source is not None else _WORKER_SOURCE
     assert src is not None
-    images, bad = src.read(np.arange(start, stop))
-    return target.write(start, images), int(bad.sum())
+    images, bad, constant = src.read_flags(np.arange(start, stop))
+    return target.write(start, images), int(bad.sum()), int(constant.sum())
 
 
 def write_particles(
@@ -117,16 +119,17 @@ def write_particles(
         from cryomap.errors import BadInputError
 
         raise BadInputError("no particles to write", source.path)
-    bad_total = 0
+    bad_total = constant_total = 0
     with atomic_dir(out_dir, force=force) as tmp:
         writer = StackWriter(tmp / STACK_NAME, n=n, box=source.box, apix=source.pixel_size, force=True)
         try:
             bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, int(chunk)))]
             with progress_bar(transient=not progress) as bar:
                 task = bar.add_task(label, total=n, visible=progress)
-                for (start, stop), (stats, bad) in zip(bounds, _run(source, bounds, writer.target, workers)):
+                for (start, stop), (stats, bad, constant) in zip(bounds, _run(source, bounds, writer.target, workers)):
                     writer.record(start, stats)
                     bad_total += bad
+                    constant_total += constant
                     bar.advance(task, stop - start)
                     if on_chunk is not None:
                         on_chunk(stop - start)
@@ -140,12 +143,12 @@ def write_particles(
         if sidecar is not None:
             (tmp / sidecar_name).write_text(json.dumps(sidecar, indent=1, default=str))
     source.nonfinite_count += bad_total
-    return WriteResult(out_dir, out_dir / STAR_NAME, out_dir / STACK_NAME, n, bad_total,
+    return WriteResult(out_dir, out_dir / STAR_NAME, out_dir / STACK_NAME, n, bad_total, constant_total,
                        time.perf_counter() - t0)
 
 
 def _run(source: ParticleSource, bounds: list[tuple[int, int]], target, workers: int):
-    """(stats, non-finite count) per chunk, in chunk order; a bounded window of chunks in flight."""
+    """(stats, non-finite count, constant count) per chunk, in chunk order; a bounded window in flight."""
     if workers <= 1 or len(bounds) <= 1:
         for start, stop in bounds:
             yield _write_chunk(source, start, stop, target)
@@ -178,11 +181,12 @@ def _append_blocks(star_path: Path, blocks: dict[str, pd.DataFrame]) -> None:
             fh.write("\n" + extra.read_text())
 
 
-def write_subset_star(source: ParticleSource, path: str | Path, *, force: bool = False) -> Path:
+def write_subset_star(source: ParticleSource, path: str | Path, *, force: bool = False,
+                      columns: dict[str, Any] | None = None) -> Path:
     """Write the rows of ``source`` as a RELION 3.1 STAR naming the existing stacks (absolute paths).
 
     The source must carry no ops (its images are the stored ones); use :func:`write_particles`
-    to write processed images.
+    to write processed images. ``columns`` adds (or replaces) per-row columns (name → values).
     """
     from cryomap.io.star import write_star
 
@@ -190,4 +194,6 @@ def write_subset_star(source: ParticleSource, path: str | Path, *, force: bool =
         raise ValueError("a source with ops has new images: write it with write_particles")
     tab = source.table.copy()
     tab["rlnImageName"] = source.image_names()
+    for name, values in (columns or {}).items():
+        tab[name] = np.asarray(values)
     return write_star(path, tab, force=force)

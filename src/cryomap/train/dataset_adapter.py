@@ -25,6 +25,7 @@ def manifest_meta(manifest) -> dict[str, Any]:
         "depth": manifest.depth,
         "mode": manifest.mode,
         "condition": d["condition"],
+        "preprocess": d.get("preprocess"),
         "label": d["label"],
         "dataset_seed": manifest.seed,
         "label_apix": float(d["label"]["apix"]),

@@ -213,7 +213,8 @@ def build_prediction_condition(
             manifest = Manifest.load(root)  # the target's stored particles and label live there
         else:
             manifest = Manifest(root=root, data={"condition": dict(meta["condition"]), "label": dict(meta["label"]),
-                                                 "seed": meta.get("dataset_seed", 0), "targets": []})
+                                                 "seed": meta.get("dataset_seed", 0), "targets": [],
+                                                 "preprocess": meta.get("preprocess")})
         if mode is not None:
             manifest.data["condition"]["mode"] = mode
         if n_images is not None:

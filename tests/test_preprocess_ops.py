@@ -1,0 +1,158 @@
+"""Each preprocessing operation does what it says, and a wrong or idle implementation fails here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryomap.core.ctf import CtfParams, apply_ctf, ctf_images
+from cryomap.preprocess.blend import blend
+from cryomap.preprocess.clahe import clahe
+from cryomap.preprocess.ctf_correct import phase_flip, wiener
+from cryomap.preprocess.denoise import denoise_topaz, lowpass
+from cryomap.preprocess.guided import guided_filter
+from cryomap.preprocess.standardize import standardize
+
+APIX = 2.0
+
+
+def _blobs(n: int, box: int = 64, seed: int = 0) -> np.ndarray:
+    """Smooth positive 'particles': a few Gaussian blobs each, centred in the box."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:box, :box].astype(np.float32)
+    out = np.zeros((n, box, box), np.float32)
+    for k in range(n):
+        for _ in range(4):
+            cy, cx = rng.uniform(0.3, 0.7, 2) * box
+            s = rng.uniform(2.0, 6.0)
+            out[k] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    return out
+
+
+def _ctf(n: int, seed: int = 1) -> CtfParams:
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(12000, 22000, n)
+    return CtfParams(u, u - rng.uniform(0, 500, n), rng.uniform(-90, 90, n), 300.0, 2.7, 0.1)
+
+
+def _cc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(1, keepdims=True)
+    b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(1, keepdims=True)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def test_blend_is_exactly_the_weighted_average():
+    rng = np.random.default_rng(0)
+    o, d = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    for w in (0.0, 0.5, 2 / 3, 1.0):
+        np.testing.assert_array_equal(blend(o, d, w), np.float32(w) * d + (np.float32(1) - np.float32(w)) * o)
+    np.testing.assert_allclose(blend(o, d, 0.5), (d + o) / 2, atol=1e-6)
+    np.testing.assert_allclose(blend(o, d, 2 / 3), (2 * d + o) / 3, atol=1e-6)
+    with pytest.raises(ValueError):
+        blend(o, d, 1.5)
+
+
+def test_phase_flip_makes_the_spectrum_agree_in_sign_with_the_projection():
+    """After flipping, Re(F_flipped · conj(F_clean)) = |CTF|·|F|² ≥ 0 wherever the CTF is non-zero."""
+    clean = _blobs(4)
+    params = _ctf(4)
+    modulated = apply_ctf(clean, params, APIX)
+    c = ctf_images(params, APIX, clean.shape[-2:]).numpy()
+    fc = np.fft.rfft2(clean)
+    cross_raw = (np.fft.rfft2(modulated) * np.conj(fc)).real
+    cross = (np.fft.rfft2(phase_flip(modulated, params, APIX)) * np.conj(fc)).real
+    where = (np.abs(c) > 0.05) & (np.abs(fc) > 1e-3 * np.abs(fc).max())
+    assert (cross_raw[where] < 0).mean() > 0.2  # the CTF really flips many coefficients
+    assert (cross[where] > 0).all()
+    # flipping twice is the identity
+    np.testing.assert_allclose(phase_flip(phase_flip(modulated, params, APIX), params, APIX), modulated, atol=1e-4)
+
+
+def test_wiener_recovers_the_projection_better_than_flipping():
+    clean = _blobs(4)
+    params = _ctf(4)
+    modulated = apply_ctf(clean, params, APIX)
+    raw, flipped, wien = _cc(modulated, clean), _cc(phase_flip(modulated, params, APIX), clean), _cc(
+        wiener(modulated, params, APIX, 0.01), clean)
+    assert (flipped > raw).all() and (wien > flipped).all() and (wien > 0.9).all()
+
+
+def test_standardize_box_and_ring():
+    rng = np.random.default_rng(3)
+    imgs = (rng.normal(size=(3, 32, 32)) * 4 + 7).astype(np.float32)
+    box = standardize(imgs)
+    np.testing.assert_allclose(box.mean(axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(box.std(axis=(1, 2)), 1, atol=1e-4)
+    imgs[:, 12:20, 12:20] += 50  # a bright centre the ring statistics must ignore
+    ring = standardize(imgs, "ring", bg_radius=10)
+    yy, xx = np.mgrid[:32, :32]
+    bg = (xx - 16) ** 2 + (yy - 16) ** 2 > 100
+    np.testing.assert_allclose(ring[:, bg].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(ring[:, bg].std(axis=1), 1, atol=1e-4)
+    assert np.all(standardize(np.full((1, 8, 8), 3.0)) == 0)  # constant: zeros, no NaN
+
+
+def test_topaz_denoises_and_normalises_each_image_on_its_own():
+    from cryomap.preprocess.denoise import load_topaz
+
+    rng = np.random.default_rng(4)
+    clean = _blobs(3)
+    noisy = (clean + rng.normal(scale=1.0, size=clean.shape)).astype(np.float32)
+    out = denoise_topaz(noisy, "unet-small")
+    assert (_cc(out, clean) > _cc(noisy, clean) + 0.2).all()
+    # image 0's result does not depend on what else is in its batch
+    batch = np.stack([noisy[0], noisy[1] * 1000 + 500])
+    np.testing.assert_allclose(denoise_topaz(batch, "unet-small")[0], out[0], rtol=1e-4, atol=1e-4)
+    # ... whereas Topaz's own batch API (topaz.denoise.Denoise._denoise: one mean and std for the
+    # whole batch; importing it needs h5py, so its three lines are repeated here) changes it
+    x = torch.from_numpy(batch)
+    mu, sd = x.mean(), x.std()
+    with torch.no_grad():
+        theirs = (load_topaz("unet-small")(((x - mu) / sd)[:, None])[:, 0] * sd + mu).numpy()
+    assert np.abs(theirs[0] - out[0]).max() > 10 * np.abs(out[0]).std()
+
+
+def test_lowpass_halves_the_amplitude_at_its_resolution():
+    box, res = 64, 16.0
+    x = np.arange(box)
+    f = 1.0 / res  # cycles per Å
+    k = f * APIX * box  # cycles per box: 8
+    wave = np.cos(2 * np.pi * k * x / box)[None, None, :].repeat(box, axis=1).astype(np.float32)
+    out = lowpass(wave, APIX, res)
+    assert abs(out[0, 0].std() / wave[0, 0].std() - 0.5) < 0.01
+    low = np.cos(2 * np.pi * 1 * x / box)[None, None, :].repeat(box, axis=1).astype(np.float32)
+    assert lowpass(low, APIX, res)[0, 0].std() / low[0, 0].std() > 0.98
+
+
+def test_clahe_raises_local_contrast_in_a_dim_region():
+    rng = np.random.default_rng(5)
+    img = np.empty((1, 64, 64), np.float32)
+    img[0, :, :32] = 0.0 + 0.05 * rng.normal(size=(64, 32))  # dim, low contrast
+    img[0, :, 32:] = 5.0 + 1.0 * rng.normal(size=(64, 32))  # bright, high contrast
+    for bits in (8, 16):
+        out = clahe(img, clip_limit=2.0, tile_grid=2, bits=bits)
+        before = img[0, :, :32].std() / img[0, :, 32:].std()
+        after = out[0, :, :32].std() / out[0, :, 32:].std()
+        assert after > 3 * before
+        assert np.isfinite(out).all()
+    # the output stays on the input's scale (the quantisation is mapped back)
+    assert abs(float(clahe(img)[0, :, 32:].mean()) - 5.0) < 1.0
+    np.testing.assert_array_equal(clahe(np.full((1, 16, 16), 2.5, np.float32)), 2.5)  # constant: unchanged
+    with pytest.raises(ValueError):
+        clahe(img, bits=12)
+
+
+def test_guided_filter_smooths_flat_regions_and_keeps_an_edge():
+    rng = np.random.default_rng(6)
+    step = np.zeros((1, 64, 64), np.float32)
+    step[0, :, 32:] = 4.0
+    img = (step + 0.3 * rng.normal(size=step.shape)).astype(np.float32)
+    out = guided_filter(img)  # defaults: radius 2, eps 0.2 × var
+    flat = (slice(None), slice(8, 56), slice(4, 26))
+    assert out[flat].var() < 0.5 * img[flat].var()
+    edge_jump = out[0, :, 33].mean() - out[0, :, 30].mean()  # a pixel either side of the edge
+    assert edge_jump > 0.8 * 4.0
+    # the CryoSegNet setting (guide = image / 255, eps 0.1 absolute) is a box blur: the edge smears
+    blurred = guided_filter(img, radius=2, eps=0.1, guide=img / 255.0, eps_relative=False)
+    assert blurred[0, :, 33].mean() - blurred[0, :, 30].mean() < 0.7 * 4.0
