@@ -74,7 +74,7 @@ class Settings:
 
 def build_data(s: Settings, work: Path) -> Path:
     """Simulate, extract and build the dataset (split by particles) under ``work``, as the demo does."""
-    from cryomap.evaluate.demo import DemoSettings, build_split_dataset, extract_targets, simulate_targets
+    from cryomap.pipeline.demo import DemoSettings, build_split_dataset, extract_targets, simulate_targets
 
     d = DemoSettings(targets=tuple(s.targets), n_particles=s.n_particles, micrograph_size=s.micrograph_size,
                      apix=s.apix, particle_box=s.particle_box, snr=s.snr, label_box=s.depth,

@@ -103,7 +103,7 @@ def _projector_vs_library(n: int = 512, box: int = 96, batch: int = 64) -> dict:
     from torch_fourier_slice import project_3d_to_2d
 
     from cryomap.core.euler import euler_to_matrix, random_euler_angles
-    from cryomap.simulate.projection import Projector
+    from cryomap.core.projector import Projector
     from cryomap.simulate.structure_map import structure_to_map
 
     vol = structure_to_map(STRUCTURE, APIX, box).data
@@ -122,9 +122,9 @@ def _projector_vs_library(n: int = 512, box: int = 96, batch: int = 64) -> dict:
 def _reconstruct_rate(n: int = 1000, box: int = 64) -> dict:
     import numpy as np
 
-    from cryomap.evaluate.reconstruct import reconstruct
+    from cryomap.reconstruct.backproject import reconstruct
     from cryomap.core.euler import random_euler_angles
-    from cryomap.simulate.projection import project
+    from cryomap.core.projector import project
     from cryomap.simulate.structure_map import structure_to_map
 
     vol = structure_to_map(STRUCTURE, 3.0, box).data

@@ -45,7 +45,7 @@ def test_mean_label_and_scale():
 def test_oracle_from_a_star_file_recovers_the_map(tmp_path):
     """Clean projections at known poses, written as STAR + stack, backproject to the map (no CTF)."""
     from cryomap.core.euler import random_euler_angles
-    from cryomap.simulate.projection import project
+    from cryomap.core.projector import project
 
     box, apix, n = 32, 2.0, 300
     truth = _blobs(box)

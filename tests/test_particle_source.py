@@ -158,20 +158,46 @@ def test_writer_streams_the_mapped_images_in_row_order(tmp_path):
     assert two.star_path.read_text() == res.star_path.read_text()
 
 
-def test_writer_leaves_nothing_when_an_op_fails(tmp_path):
+def test_a_crashed_write_resumes_without_redoing_finished_chunks(tmp_path):
+    images, _ = _stack(tmp_path, n=12)
+    calls: list[int] = []
+
+    class Flaky(_Scale):
+        crash = True
+
+        def __call__(self, images, ctx):
+            calls.append(int(ctx.rows[0]))
+            if Flaky.crash and ctx.rows[0] >= 6:
+                raise RuntimeError("worker lost")
+            return images * self.factor
+
+    src = open_particles(tmp_path / "p.star").map(Flaky(2.0))
+    with pytest.raises(RuntimeError):
+        write_particles(src, tmp_path / "out", chunk=3, progress=False)
+    assert not (tmp_path / "out").exists() and (tmp_path / ".out.partial").is_dir()  # kept for --resume
+    Flaky.crash = False
+    calls.clear()
+    res = write_particles(src, tmp_path / "out", chunk=3, progress=False, resume=True)
+    assert calls == [6, 9]  # chunks 0 and 3 were done before the crash
+    np.testing.assert_array_equal(read_stack(res.stack_path, mmap=False).data, 2 * images)
+    assert not (tmp_path / ".out.partial").exists()
+
+
+def test_bad_input_or_ctrl_c_during_a_write_leaves_nothing(tmp_path):
     _stack(tmp_path, n=12)
 
-    class Boom(_Scale):
+    class Stop(_Scale):
         def __call__(self, images, ctx):
             if ctx.rows[0] >= 6:
-                raise RuntimeError("boom")
+                raise self.exc
             return images
 
-    src = open_particles(tmp_path / "p.star").map(Boom(1.0))
-    with pytest.raises(RuntimeError):
-        write_particles(src, tmp_path / "out", chunk=6, progress=False)
-    assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    for exc in (KeyboardInterrupt(), BadInputError("bad image", tmp_path / "p.mrcs")):
+        op = Stop(1.0)
+        op.exc = exc
+        with pytest.raises(type(exc)):
+            write_particles(open_particles(tmp_path / "p.star").map(op), tmp_path / "out", chunk=6, progress=False)
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]
 
 
 def test_subset_star_names_the_original_stacks(tmp_path):

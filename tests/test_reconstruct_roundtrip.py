@@ -1,4 +1,4 @@
-"""Direct Fourier reconstruction: the physics round trip of issue 3 (project → reconstruct → FSC)."""
+"""Direct Fourier reconstruction: the physics round trip (project → reconstruct → FSC), through the engine of issue 16."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch_fourier_shell_correlation import fsc
 
-from cryomap.evaluate.reconstruct import half_set_reconstructions, reconstruct
+from cryomap.reconstruct.backproject import half_set_reconstructions, reconstruct
 from cryomap.core.euler import random_euler_angles
 from cryomap.core.ctf import CtfParams, apply_ctf
-from cryomap.simulate.projection import project
+from cryomap.core.projector import project
 from cryomap.simulate.structure_map import structure_to_map
 
 APIX = 2.5

@@ -103,3 +103,12 @@ def test_map_source_without_voxel_size_needs_map_apix(shared_data, tmp_path, cap
     assert main([*base, "--map-apix", "1.0", "-o", str(tmp_path / "b")]) == 0
     truth = read_map(tmp_path / "b" / "70S_ribosome_65px" / "maps" / "70S_ribosome_65px_truth.mrc")
     assert truth.apix == 2.0 and truth.data.std() > 0
+
+
+def test_simulate_without_a_molecule_is_refused_not_defaulted(tmp_path, capsys):
+    """No silent default for what to simulate: one line naming the three ways, nothing written."""
+    capsys.readouterr()
+    assert main(["simulate", "-o", str(tmp_path / "sim")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--builtin" in err[0] and "--procedural" in err[0]
+    assert not (tmp_path / "sim").exists()

@@ -14,7 +14,7 @@ from cryomap.io.star import read_star
 from cryomap.core.ctf import CtfParams, apply_ctf, ctf_params_from_table, ctf_zero_frequencies
 from cryomap.simulate.dataset import simulate_dataset
 from cryomap.simulate.micrograph import crop_boxes, place_particles, render_micrograph
-from cryomap.simulate.projection import project
+from cryomap.core.projector import project
 from cryomap.simulate.structure_map import structure_to_map
 
 APIX = 2.5

@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from cryomap.core.euler import euler_to_matrix, matrix_to_euler, random_euler_angles
-from cryomap.simulate.projection import project
+from cryomap.core.projector import project
 
 
 def _blob_volume(d: int, seed: int = 0) -> np.ndarray:

@@ -14,8 +14,8 @@ class CryomapError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
-        self.message = message
-        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+        self.message = " ".join(str(message).split())  # one line, whatever a wrapped library said
+        super().__init__(f"{self.path}: {self.message}" if self.path is not None else self.message)
 
 
 class BadInputError(CryomapError):

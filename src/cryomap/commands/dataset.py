@@ -12,12 +12,17 @@ dataset_app = typer.Typer(help="Build and inspect training datasets of (conditio
 @dataset_app.command("build")
 def build(
     config: Path = typer.Argument(..., metavar="CONFIG.yaml", help="Dataset config (targets, label, condition, split, seed)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Dataset folder to write."),
+    output: Path = typer.Option(..., "-o", "--out", help="Dataset folder to write."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists (only once the new one is complete)."),
 ) -> None:
     """Write labels, condition sources and a manifest for every target of CONFIG.yaml."""
     from cryomap.datasets.build import build_dataset
+    from cryomap.datasets.config import load_config
+    from cryomap.io.atomic import check_output
 
+    cfg = load_config(config)  # refuses a bad config before anything is written
+    inputs = [config] + [getattr(t, k) for t in cfg.targets for k in ("particles", "map", "class_averages", "latents")]
+    check_output(output, force, inputs=inputs, kind="folder")
     build_dataset(config, output, force=force)
 
 

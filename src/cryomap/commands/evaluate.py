@@ -26,16 +26,20 @@ def register(app: typer.Typer) -> None:
         from cryomap.errors import BadInputError
         from cryomap.evaluate.mask import auto_mask as make_mask
         from cryomap.evaluate.score import check_same_grid, score_map, write_evaluation
-        from cryomap.io.atomic import check_writable
+        from cryomap.io.atomic import check_output
         from cryomap.io.mrc import read_map
         from cryomap.progress import summary
 
-        check_writable(out, force)
+        check_output(out, force, inputs=[pred, truth, mask], kind="folder")
         if mask is not None and auto_mask:
             raise BadInputError("give either --mask or --auto-mask, not both", mask)
         p = read_map(pred, apix)
         t = read_map(truth, apix)
         check_same_grid(p.shape, t.shape, p.apix, t.apix, pred)
+        for path, m in ((pred, p), (truth, t)):
+            if float(m.data.max()) == float(m.data.min()):  # FSC, CC and contours are undefined: refuse before writing
+                raise BadInputError(f"map is constant (every voxel {float(m.data.flat[0]):g}); there is no density to score",
+                                    path)
         m = None
         if mask is not None:
             m = read_map(mask, apix or t.apix).data
@@ -53,6 +57,6 @@ def register(app: typer.Typer) -> None:
         r5, r143 = f["resolution_fsc0.5_A"], f["resolution_fsc0.143_A"]
         summary(
             f"{pred.name}: FSC 0.5 {r5:.1f} Å, 0.143 {r143:.1f} Å; CC {mm['cc_mean']:.3f}, SSIM {mm['ssim']:.3f}, "
-            f"Dice {mm['dice']:.3f} at contour {mm['contour']:.3g}; aligned: {'yes' if align else 'no'}; "
+            f"Dice {mm['dice']:.3f} at contour {mm['contour']:.3g} ({mm['dice_equal_volume']:.3f} at equal volume); aligned: {'yes' if align else 'no'}; "
             f"{ev.metrics['seconds']:.1f} s → {out}"
         )

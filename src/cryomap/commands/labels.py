@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("labels")
     def labels(
         map_path: Path = typer.Argument(..., metavar="MAP", help="Density map (.mrc/.map)."),
-        output: Path = typer.Option(..., "-o", "--output", help="Label map to write (.mrc)."),
+        output: Path = typer.Option(..., "-o", "--out", help="Label map to write (.mrc)."),
         apix: float = typer.Option(1.0, "--apix", help="Voxel size of the label in Å/voxel."),
         box: int = typer.Option(128, "--box", help="Label box edge in voxels (cubic)."),
         threshold: float = typer.Option(
@@ -27,8 +27,13 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     ) -> None:
         """Resample MAP in Fourier space to --apix, crop/pad to --box^3 (centred), normalise like cryo2struct."""
+        from cryomap.io.atomic import check_output
         from cryomap.labels.make import make_label_file
         from cryomap.progress import summary
+        from cryomap.resources import check_label_box
+
+        check_output(output, force, inputs=[map_path], kind="file")
+        check_label_box(box)
 
         label = make_label_file(
             map_path, output, apix=apix, box=box, threshold=threshold, in_apix=in_apix, level=contour, force=force

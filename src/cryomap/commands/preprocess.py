@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
                                   "standardize, phase-flip, wiener, denoise, blend, clahe, guided."),
         config: Path = typer.Option(None, "--config", help="YAML with a 'steps:' list of {step: NAME, parameter: value} (instead of --steps)."),
         apix: float = typer.Option(None, "--apix", help="Pixel size in Å/px (overrides the STAR and the stack header)."),
-        workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (chunks in parallel; output identical)."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Worker processes: N > 1 starts a local Dask cluster (chunks in parallel; output identical)."),
+        scheduler: str = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler (tcp://host:8786) to run the chunks on."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a crashed run in the same -o without redoing finished chunks."),
         chunk: int = typer.Option(256, "--chunk", min=1, help="Particles per chunk (memory ≈ chunk × box² × 4 bytes × steps)."),
         figure: bool = typer.Option(False, "--figure", help="Also write preprocess_gallery.png and preprocess_steps.png."),
         force: bool = typer.Option(False, "--force", help="Replace an output folder cryomap wrote before."),
@@ -26,9 +28,12 @@ def register(app: typer.Typer) -> None:
         from cryomap.preprocess.run import run_preprocess
         from cryomap.progress import summary
 
+        from cryomap.io.atomic import check_not_input
+
+        check_not_input(out, [particles, config])  # --force never replaces the particles it reads
         if (steps is None) == (config is None):
             raise typer.BadParameter("give exactly one of --steps and --config", param_hint="--steps/--config")
         chain = load_chain_config(config) if config is not None else parse_steps(steps)
-        result = run_preprocess(particles, out, chain, apix=apix, workers=workers, chunk=chunk, force=force,
-                                figure=figure)
+        result = run_preprocess(particles, out, chain, apix=apix, workers=workers, scheduler=scheduler, resume=resume,
+                                chunk=chunk, force=force, figure=figure)
         summary(result.summary_line())

@@ -17,7 +17,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write an HTML report: metrics table, FSC curves, map slices/projections, loss curves."""
         from cryomap.evaluate.report import build_report
+        from cryomap.io.atomic import check_output
         from cryomap.progress import summary
+
+        check_output(out, force, inputs=[run_dir], kind="file")
 
         path = build_report(run_dir, out, force=force, title=title)
         summary(f"report: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB)")

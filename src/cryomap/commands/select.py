@@ -31,6 +31,11 @@ def register(app: typer.Typer) -> None:
         from cryomap.progress import summary
         from cryomap.select.run import select_particles
 
+        from cryomap.io.atomic import check_output
+
+        check_output(out, force, inputs=[inp, weights], kind="file")
+        if embedding_out is not None:
+            check_output(embedding_out, force, inputs=[inp, weights, out], kind="file", option="--embedding-out")
         if within not in ("nearest", "random"):
             raise BadInputError(f"unknown --within {within!r}; choose nearest or random")
         size = {"pca": pca_size, "resnet152": resnet_size}.get(embedding)

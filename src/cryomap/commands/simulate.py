@@ -12,6 +12,7 @@ def register(app: typer.Typer) -> None:
     def simulate(
         structure: list[Path] = typer.Option(None, "--structure", help="Atomic model (.pdb/.cif, gzipped ok) or map (.mrc); repeat for several targets."),
         builtin: list[str] = typer.Option(None, "--builtin", help="Built-in structure name (see --list); repeat for several targets."),
+        procedural: int = typer.Option(0, "--procedural", min=0, help="Add N procedural protein-like pseudo-molecules (50–1,000 kDa, seeded by --seed); their mmCIF files go to OUT/structures/."),
         particles: int = typer.Option(1000, "--particles", help="Particles per target."),
         micrograph_size: int = typer.Option(1024, "--micrograph-size", help="Micrograph width = height in px."),
         apix: float = typer.Option(2.0, "--apix", help="Pixel size in Å/px (micrographs, particles and truth map)."),
@@ -40,19 +41,62 @@ def register(app: typer.Typer) -> None:
                 diameter, mass = model_extent(path)
                 typer.echo(f"{name}\t{mass:7.1f} kDa\t{diameter:5.0f} Å across\t{path.name}")
             return
+        from cryomap.errors import CryomapError
+        from cryomap.io.atomic import check_output
+        from cryomap.resources import check_micrograph_size
+
+        if not structure and not builtin and not procedural:
+            raise CryomapError("say what to simulate: --builtin NAME (see --list), --structure FILE or --procedural N")
         from cryomap.simulate.dataset import simulate_dataset
 
+        # before any work: the output may not hold a --structure, nor replace a folder cryomap did not write
+        check_output(out, force, inputs=structure or [], kind="folder")
+        check_micrograph_size(micrograph_size)
         sources = [*(structure or []), *(builtin or [])]
-        if not sources:
-            sources = ["7PBL"]
+        import shutil
+        import tempfile
         import time
 
         t0 = time.perf_counter()
-        folders = simulate_dataset(
-            sources, out, n_particles=particles, micrograph_size=micrograph_size, apix=apix, snr=snr,
-            defocus_range=defocus, seed=seed, box=box, force=force, n_micrographs=micrographs,
-            resolution=resolution, bfactor=bfactor, voltage=voltage, cs=cs,
-            amplitude_contrast=amplitude_contrast, dose=dose, map_apix=map_apix,
-        )
-        summary(f"simulated {len(folders)} target(s) × {particles} particles at {apix} Å/px, SNR {snr}, "
+        made = None
+        if procedural:
+            from cryomap.simulate.procedural import write_procedural
+
+            Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
+            made = Path(tempfile.mkdtemp(prefix="cryomap_procedural_", dir=Path(out).absolute().parent))
+            sources += [p for p, _ in write_procedural(procedural, seed, made)]
+        try:
+            folders = simulate_dataset(
+                sources, out, n_particles=particles, micrograph_size=micrograph_size, apix=apix, snr=snr,
+                defocus_range=defocus, seed=seed, box=box, force=force, n_micrographs=micrographs,
+                resolution=resolution, bfactor=bfactor, voltage=voltage, cs=cs,
+                amplitude_contrast=amplitude_contrast, dose=dose, map_apix=map_apix,
+            )
+            if made is not None:
+                _keep_procedural(made, Path(out), folders)
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+        summary(f"simulated {len(folders)} target{'' if len(folders) == 1 else 's'} × {particles} particles at {apix} Å/px, SNR {snr}, "
                 f"in {time.perf_counter() - t0:.1f} s → {out}/ ({', '.join(f.name for f in folders)})")
+
+
+def _keep_procedural(made: Path, out: Path, folders: list[Path]) -> None:
+    """Move the procedural structures into OUT/structures/ and point each target's manifest at its file."""
+    import json
+    import shutil
+
+    dest = out / "structures"
+    dest.mkdir(exist_ok=True)
+    moved = {}
+    for p in sorted(made.iterdir()):
+        shutil.move(str(p), dest / p.name)
+        moved[str(p)] = dest / p.name
+    for folder in folders:
+        mf = folder / "manifest.json"
+        info = json.loads(mf.read_text())
+        src = info.get("source", {}).get("path")
+        if src in moved:
+            info["source"]["path"] = str(moved[src].resolve())
+            info["source"]["procedural"] = True
+            mf.write_text(json.dumps(info, indent=2))

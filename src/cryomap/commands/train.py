@@ -7,6 +7,56 @@ from pathlib import Path
 import typer
 
 
+def check_model_fits(cfg, config_path: Path) -> None:
+    """Refuse, before a run folder exists, a model whose levels do not divide the label box D.
+
+    D is ``data.synthetic.depth`` or the dataset's label box; the U-Net halves the grid once per
+    encoder level (``model.widths``: D must divide by 2^levels), the diffusion U-Net once per level
+    after the first (``model.channel_mult``: 2^(levels − 1)). Model keywords the network does not
+    take are refused here too.
+    """
+    from cryomap.errors import BadInputError
+    from cryomap.models.diffusion.unet import DiffusionUNet3d
+    from cryomap.models.unet3d import UNet3D
+    from cryomap.train.modules import build_network
+
+    if cfg.data.synthetic is not None:
+        depth, where = int(cfg.data.synthetic.depth), "data.synthetic.depth"
+    elif cfg.data.pairs_dir is not None:  # a pair cache: the training crop (or the stack mode's D)
+        from cryomap.datasets.pairs import PairCache
+
+        extra = cfg.data.model_extra or {}
+        if extra.get("mode") == "stack":
+            depth, where = int(extra.get("depth", 32)), "data.depth"
+        else:
+            depth = int(extra.get("crop") or PairCache.load(cfg.data.pairs_dir).box)
+            where = "data.crop" if extra.get("crop") else f"the pair box of {cfg.data.pairs_dir}"
+    else:
+        from cryomap.datasets.manifest import Manifest
+
+        try:
+            depth = Manifest.load(cfg.data.dataset_dir).depth
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInputError(f"manifest.json is not a cryomap dataset manifest ({exc})", cfg.data.dataset_dir) from exc
+        where = f"the label box of {cfg.data.dataset_dir}"
+    hparams = cfg.model_dump(mode="json")
+    hparams["meta"] = {"depth": depth}
+    try:
+        net = build_network(hparams, 1)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BadInputError(f"model: {exc}", config_path) from exc
+    if isinstance(net, UNet3D):
+        factor, knob = 2 ** net.depth, f"model.widths ({net.depth} levels)"
+    elif isinstance(net, DiffusionUNet3d):
+        factor, knob = 2 ** (net.levels - 1), f"model.channel_mult ({net.levels} levels)"
+    else:
+        return
+    if depth < factor or depth % factor:
+        raise BadInputError(f"{knob} needs a box D divisible by {factor}, but D = {depth} ({where}); "
+                            f"use fewer levels or a box of {max(factor, (depth // factor) * factor)} or "
+                            f"{(depth // factor + 1) * factor}", config_path)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -36,8 +86,26 @@ def register(app: typer.Typer) -> None:
                 t[key] = val
         if t:
             over["trainer"] = t
+        import shutil
+
+        from cryomap.io.atomic import check_not_input, check_replaceable_dir, is_cryomap_output
+
         cfg = load_config(config, over)
         run_dir = out or Path("runs") / config.stem
-        model = train(cfg, run_dir, resume=resume, force=force)
+        check_model_fits(cfg, config)
+        if not resume:  # --force replaces the run folder: never one that holds the config or the dataset
+            check_not_input(run_dir, [config, cfg.data.dataset_dir])
+            if force:
+                check_replaceable_dir(run_dir, force)
+        existed = run_dir.exists()
+        try:
+            model = train(cfg, run_dir, resume=resume, force=force)
+        except BaseException:
+            # a fresh run that failed before its first checkpoint leaves nothing behind (one with a
+            # checkpoint stays, for --resume)
+            if (not existed and not resume and launch_rank() == 0 and is_cryomap_output(run_dir)
+                    and not (run_dir / "checkpoints" / "last.ckpt").exists()):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if launch_rank() == 0:
             summary(f"trained {cfg.model.name} → {run_dir} (weights {model.name}, checkpoints in {run_dir / 'checkpoints'})")

@@ -98,7 +98,7 @@ def _per_image(value: np.ndarray | float, n: int) -> torch.Tensor | float:
         return float(arr[0])
     if arr.size != n:
         raise ValueError(f"{arr.size} phase shifts for {n} images")
-    return torch.as_tensor(arr, dtype=torch.float32)
+    return torch.tensor(arr, dtype=torch.float32)  # a copy: the table's array may be read-only
 
 
 def ctf_images(params: "CtfParams", apix: float, shape: tuple[int, int], *, rfft: bool = True) -> torch.Tensor:
@@ -128,6 +128,45 @@ def apply_ctf(
     ctf = ctf_images(params, apix, (size, size))
     out = torch.fft.irfft2(torch.fft.rfft2(imgs) * ctf, s=(size, size))
     return out.numpy().astype(np.float32)
+
+
+def filter_by_ctf(images: np.ndarray, params: "CtfParams", apix: float, make_filter) -> np.ndarray:
+    """Multiply each image's rfft by ``make_filter(ctf)`` (ctf: (N, h, w//2+1) tensor) and transform back.
+
+    The box is filtered as it is (no padding), as cryoSPARC, ASPIRE and cryoDRGN do for particles.
+    """
+    imgs = torch.as_tensor(np.ascontiguousarray(images, dtype=np.float32))
+    if imgs.ndim == 2:
+        imgs = imgs[None]
+    if len(params) != len(imgs):
+        raise ValueError(f"{len(imgs)} images but {len(params)} CTFs")
+    h, w = imgs.shape[-2:]
+    unique, index = unique_ctfs(params)  # particles of one micrograph usually share their CTF
+    with torch.no_grad():
+        filt = make_filter(ctf_images(unique, apix, (h, w)))
+        out = torch.fft.irfft2(torch.fft.rfft2(imgs) * filt[torch.as_tensor(index)], s=(h, w))
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def unique_ctfs(params: "CtfParams") -> tuple["CtfParams", np.ndarray]:
+    """The distinct per-particle CTFs of ``params`` and, per particle, the index of its own among them."""
+    n = len(params)
+    cols = np.stack([np.broadcast_to(np.atleast_1d(np.asarray(v, dtype=np.float64)), (n,))
+                     for v in (params.defocus_u, params.defocus_v, params.angle, params.phase_shift)], axis=1)
+    rows, first, index = np.unique(cols, axis=0, return_index=True, return_inverse=True)
+    return subset(params, first), index.reshape(-1)
+
+
+def phase_flip_images(images: np.ndarray, params: "CtfParams", apix: float) -> np.ndarray:
+    """Images (N, H, W) × sign(CTF) in Fourier space, each by its own CTF (``apix`` Å/px)."""
+    return filter_by_ctf(images, params, apix, lambda c: torch.where(c < 0, -1.0, 1.0).to(c.dtype))
+
+
+def wiener_images(images: np.ndarray, params: "CtfParams", apix: float, constant: float) -> np.ndarray:
+    """Images (N, H, W) Wiener-filtered by their CTFs: ``F · CTF / (CTF² + constant)``, ``constant`` > 0."""
+    if not constant > 0:
+        raise ValueError(f"the Wiener constant must be positive, got {constant}")
+    return filter_by_ctf(images, params, apix, lambda c: c / (c * c + float(constant)))
 
 
 def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_contrast: float,
@@ -195,3 +234,38 @@ def subset(params: CtfParams, index: np.ndarray | slice) -> CtfParams:
     return CtfParams(np.atleast_1d(params.defocus_u)[index], np.atleast_1d(params.defocus_v)[index],
                      np.atleast_1d(params.angle)[index], params.voltage, params.cs, params.amplitude_contrast,
                      params.bfactor, ps if ps.size == 1 else ps[index])
+
+
+def ctf_at(params: CtfParams, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """CTF of every particle of ``params`` at frequencies ``(fx, fy)`` (cycles/Å, shape (M,)) → (N, M) float32.
+
+    The same formula as :func:`ctf_2d` (torch-ctf's: ``−sin(χ)`` with the astigmatic defocus
+    ``Δf(φ) = mean + astig·cos 2(φ − angle)``, the amplitude contrast as a phase
+    ``arctan(A/√(1−A²))``, the phase shift, the B-factor envelope), evaluated only where it is
+    needed: ``cos 2(φ − θ)·s² = (fx² − fy²)·cos 2θ + 2·fx·fy·sin 2θ``, so the phase is one small
+    matrix product of per-particle coefficients with four per-sample terms. Written out because
+    the reconstruction needs the CTF at the few thousand Fourier samples it inserts, and torch-ctf
+    renders full 2D grids (250 µs per 128² image, more than the whole insertion);
+    tests/test_reconstruct_kernels.py checks that the two agree.
+    """
+    from torch_ctf import calculate_relativistic_electron_wavelength
+
+    u, v, a = normalise_defocus(np.atleast_1d(params.defocus_u), np.atleast_1d(params.defocus_v),
+                                np.atleast_1d(params.angle))
+    n = len(u)
+    dev = fx.device
+    ps = np.broadcast_to(np.atleast_1d(np.asarray(params.phase_shift, dtype=np.float64)), (n,))
+    lam = float(calculate_relativistic_electron_wavelength(float(params.voltage) * 1e3)) * 1e10  # Å
+    w = float(params.amplitude_contrast)
+    mean, astig, ang = (u + v) / 2.0, (u - v) / 2.0, np.deg2rad(a)
+    coef = np.stack([np.pi * lam * mean, np.pi * lam * astig * np.cos(2 * ang), np.pi * lam * astig * np.sin(2 * ang),
+                     np.deg2rad(ps) + np.arctan(w / np.sqrt(1.0 - w * w))], 1)
+    fx32, fy32 = fx.to(torch.float32).reshape(-1), fy.to(torch.float32).reshape(-1)
+    s2 = fx32 * fx32 + fy32 * fy32
+    basis = torch.stack([s2, fx32 * fx32 - fy32 * fy32, 2.0 * fx32 * fy32, torch.ones_like(s2)])  # (4, M)
+    chi = torch.as_tensor(coef, dtype=torch.float32, device=dev) @ basis
+    chi -= float(np.pi / 2.0 * float(params.cs) * 1e7 * lam**3) * (s2 * s2)
+    ctf = torch.sin(chi)
+    if params.bfactor:
+        ctf *= torch.exp(-float(params.bfactor) * s2 / 4.0)
+    return ctf

@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cryomap.errors import BadInputError
@@ -29,6 +28,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A target's class_averages / latents may name a ``cryomap classify2d`` / ``cryomap encode`` output
+#: folder; these are the files used from it (classes.mrcs is ranked best first).
+FOLDER_FILES = {"class_averages": "classes.mrcs", "latents": "latents.npy"}
+
+
 class TargetConfig(_Strict):
     """One target: its particle stack (RELION STAR), its density map, optional class averages/latents."""
 
@@ -36,8 +40,8 @@ class TargetConfig(_Strict):
     particles: Path = Field(description="RELION STAR whose rlnImageName points at the particle stack(s).")
     map: Path = Field(description="Density map (.mrc/.map) the label is made from.")
     map_apix: float | None = Field(None, gt=0, description="Voxel size of the map in Å/voxel (overrides its header).")
-    class_averages: Path | None = Field(None, description=".mrcs of 2D class averages, best-ranked first.")
-    latents: Path | None = Field(None, description=".npy of per-particle latents (n_particles, L), STAR row order.")
+    class_averages: Path | None = Field(None, description=".mrcs of 2D class averages, best-ranked first (or a classify2d output folder).")
+    latents: Path | None = Field(None, description=".npy of per-particle latents (n_particles, L), STAR row order (or an encode output folder).")
 
 
 class LabelConfig(_Strict):
@@ -140,11 +144,13 @@ class DatasetConfig(_Strict):
 
     def resolve(self, base: Path) -> "DatasetConfig":
         """A copy whose relative target paths are made absolute against ``base``."""
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+        def fix(p: Path | None, key: str = "") -> Path | None:
+            q = None if p is None else (p if p.is_absolute() else (base / p).resolve())
+            # a classify2d / encode output folder stands for the file it holds
+            return q / FOLDER_FILES[key] if q is not None and key in FOLDER_FILES and q.is_dir() else q
 
         targets = [
-            t.model_copy(update={k: fix(getattr(t, k)) for k in ("particles", "map", "class_averages", "latents")})
+            t.model_copy(update={k: fix(getattr(t, k), k) for k in ("particles", "map", "class_averages", "latents")})
             for t in self.targets
         ]
         return self.model_copy(update={"targets": targets})
@@ -152,15 +158,10 @@ class DatasetConfig(_Strict):
 
 def load_config(path: str | Path) -> DatasetConfig:
     """Read and validate a dataset YAML; paths come back absolute. Errors name the file."""
+    from cryomap.io.yamlfile import read_yaml_mapping
+
     path = Path(path)
-    if not path.exists():
-        raise BadInputError("file not found", path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"not valid YAML ({exc})", path) from exc
-    if not isinstance(raw, dict):
-        raise BadInputError("expected a mapping with a 'targets' list", path)
+    raw = read_yaml_mapping(path, "dataset config")
     try:
         cfg = DatasetConfig.model_validate(raw)
     except ValidationError as exc:

@@ -1,8 +1,8 @@
 """Baselines every model is scored against.
 
 * **Oracle reconstruction**: backprojection of the particles with their true poses
-  (``cryomap.evaluate.reconstruct``, the physics baseline of the simulation issue) — the upper
-  bound of what the particles hold. Random half sets give the gold-standard FSC too.
+  (:func:`cryomap.reconstruct.backproject.reconstruct_source`, the reconstruction engine) — the
+  upper bound of what the particles hold. Its two half sets give the gold-standard FSC too.
 * **Mean training label**: the voxel-wise mean of the training labels — what a model that
   ignores its input would predict.
 * **Truth low-passed** to 20 Å and 10 Å — so a reader sees what an FSC resolution looks like.
@@ -30,20 +30,19 @@ def oracle_reconstruction(source: ParticleSource, half_sets: bool = False, seed:
                           **kwargs) -> dict[str, np.ndarray]:
     """Backprojection with the poses the table holds (the simulator's true poses), CTF-corrected when it has CTF.
 
-    Returns ``{'full': map}`` and, with ``half_sets``, ``'half1'``/``'half2'`` from a seeded random
-    half split (``half_set_reconstructions``). Maps are on the particles' grid (box, Å/px).
-    Images are read from the source in chunks (``batch_size`` keyword, 256 by default).
+    Returns ``{'full': map}`` and, with ``half_sets``, ``'half1'``/``'half2'`` (``rlnRandomSubset``
+    or a seeded random half split). Maps are on the particles' grid (box, Å/px). Images are read
+    from the source in chunks; other keywords go to ``reconstruct_source`` (``batch_size``,
+    ``symmetry``, ``wiener_constant``...).
     """
-    from cryomap.evaluate.reconstruct import half_set_reconstructions, reconstruct
+    from cryomap.reconstruct.backproject import reconstruct_source
 
-    poses = source.poses()
-    if poses is None:
+    if source.poses() is None:
         raise BadInputError("no rlnAngleRot/Tilt/Psi columns: the oracle reconstruction needs the true poses", source.path)
-    params = source.ctf() if ctf else None
-    args = (poses.rot, poses.tilt, poses.psi, poses.shifts_A, source.pixel_size, params)
-    out = {"full": reconstruct(source, *args, **kwargs)}
+    rec, _, _ = reconstruct_source(source, ctf=ctf and source.has_ctf, seed=seed, **kwargs)
+    out = {"full": rec.full}
     if half_sets:
-        out["half1"], out["half2"] = half_set_reconstructions(source, *args, seed=seed, **kwargs)
+        out["half1"], out["half2"] = rec.half1, rec.half2
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 

@@ -131,6 +131,33 @@ def _collect_maps(evaluations: list[tuple[Path, dict]], max_maps: int = 6) -> di
     return maps
 
 
+def headline_section(summ: dict) -> str:
+    """The seen and the unseen molecule side by side, with what each row means (``run_summary.json``'s
+    ``seen``/``unseen``/``notes``); empty when the summary has neither."""
+    blocks = []
+    notes = summ.get("notes", {}) or {}
+    for key, title in (("seen", "Seen molecule (trained on; held-out particles)"),
+                       ("unseen", "Unseen molecule (in no training set)")):
+        rows = summ.get(key) or {}
+        if not rows:
+            continue
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{_fmt(m.get('fsc0.5_A'), 1)}</td><td>{_fmt(m.get('fsc0.143_A'), 1)}</td>"
+            f"<td>{_fmt(m.get('cc'))}</td><td>{_fmt(m.get('dice'))}</td><td>{_fmt(m.get('aligned'))}</td></tr>"
+            for name, m in rows.items())
+        note = notes.get(key, "")
+        blocks.append(f"<div style='display:inline-block;vertical-align:top;margin-right:24px'><h3>{html.escape(title)}</h3>"
+                      "<table><thead><tr><th>map</th><th>FSC 0.5 (Å)</th><th>FSC 0.143 (Å)</th><th>CC</th><th>Dice</th>"
+                      f"<th>aligned</th></tr></thead><tbody>{body}</tbody></table><p class='note'>{html.escape(note)}</p></div>")
+    if not blocks:
+        return ""
+    extra = ("<p class='note'>Against the truth label of each molecule, on the label grid. On the seen molecule a model "
+             "can recognise a target it was trained on, so beating the physics map there says nothing about new "
+             "molecules; the unseen column is the test that matters. "
+             + html.escape(notes.get("mean training label", "")) + "</p>")
+    return _section("Headline: seen and unseen", "".join(blocks) + extra)
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
 
@@ -168,6 +195,9 @@ def build_report(run_dir: str | Path, out_html: str | Path, *, force: bool = Fal
         if summary_path is not None:
             try:
                 summ = json.loads(summary_path.read_text())
+                headline = headline_section(summ)
+                if headline:
+                    parts.append(headline)
                 rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in summ.items() if not isinstance(v, (dict, list)))
                 parts.append(_section("Run", f"<table>{rows}</table>"))
                 for k, v in summ.items():
@@ -194,16 +224,22 @@ def build_report(run_dir: str | Path, out_html: str | Path, *, force: bool = Fal
             if curves:
                 p = fsc_figure(curves, tmp / "fsc_all.png", title="FSC of every map (vs truth unless stated)")
                 parts.append(_section("Fourier shell correlation", _img(png_data_uri(p), "FSC curves of all compared maps")))
-            maps = _collect_maps(evaluations)
-            if maps:
+            groups: dict[str, list] = {}  # one set of views per truth (a seen and an unseen molecule apart)
+            for folder, info in evaluations:
+                groups.setdefault(str(info.get("truth_path", "")), []).append((folder, info))
+            for g, (truth_key, group) in enumerate(groups.items()):
+                maps = _collect_maps(group)
+                if not maps:
+                    continue
                 figs = []
                 for kind, cap in (("slice", "central slices"), ("sum", "projections (sum along the axis)"), ("max", "maximum-intensity projections")):
-                    p = views_figure(maps, kind, tmp / f"views_{kind}.png")
+                    p = views_figure(maps, kind, tmp / f"views_{g}_{kind}.png")
                     figs.append(_img(png_data_uri(p), cap))
-                contour = next((i["metrics"].get("contour") for _, i in evaluations if i.get("reference", "truth") == "truth"), None)
-                p = isosurface_figure(maps, tmp / "isosurfaces.png", reference="truth" if "truth" in maps else None, contour=contour)
+                contour = next((i["metrics"].get("contour") for _, i in group if i.get("reference", "truth") == "truth"), None)
+                p = isosurface_figure(maps, tmp / f"isosurfaces_{g}.png", reference="truth" if "truth" in maps else None, contour=contour)
                 figs.append(_img(png_data_uri(p), "isosurfaces (each map contoured to enclose the truth's volume at the Dice contour)"))
-                parts.append(_section("Maps: " + ", ".join(maps), "".join(figs)))
+                where = Path(truth_key).parent.name if truth_key else ""
+                parts.append(_section(f"Maps{' (' + where + ')' if where else ''}: " + ", ".join(maps), "".join(figs)))
         else:
             parts.append(_section("Metrics", "<p>No evaluation (metrics.json) found in this run folder.</p>"))
         # loss curves

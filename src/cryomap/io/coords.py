@@ -25,18 +25,36 @@ COORDINATE_SUFFIXES = (".csv", ".star", ".box")
 
 
 def _finish(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    for col in ("x", "y"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    if df[["x", "y"]].isna().any().any():
-        raise BadInputError("coordinates contain empty or non-numeric values", path)
-    if "diameter" in df:
-        df["diameter"] = pd.to_numeric(df["diameter"], errors="coerce").astype(float)
+    """Make ``x``, ``y`` (and ``diameter``) float; refuse empty, non-numeric or non-finite values and
+    a diameter ≤ 0, naming the row (1-based) and the value."""
+    for col in ("x", "y", "diameter"):
+        if col not in df:
+            continue
+        raw = df[col]
+        values = pd.to_numeric(raw, errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
+        if col == "diameter":
+            bad |= values.to_numpy() <= 0
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            what = "an empty value" if pd.isna(raw.iloc[r]) else f"{raw.iloc[r]!r}"
+            need = "a positive number of px" if col == "diameter" else "a finite number of px"
+            raise BadInputError(f"coordinates row {r + 1}, {col}: {what} is not {need}", path)
+        df[col] = values
     return df.reset_index(drop=True)
+
+
+def _sniff_text(path: Path, what: str) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if b"\x00" in head:
+        raise BadInputError(f"is not a {what} (binary content)", path)
 
 
 def read_cryoppp_csv(path: str | Path) -> pd.DataFrame:
     """Read a CryoPPP ``ground_truth/particle_coordinates/*.csv`` file (x, y, diameter in px)."""
     path = Path(path)
+    _sniff_text(path, "CSV file")
     try:
         raw = pd.read_csv(path, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -75,6 +93,7 @@ def read_star_coordinates(path: str | Path) -> pd.DataFrame:
 def read_box(path: str | Path) -> pd.DataFrame:
     """Read an EMAN ``.box`` file (corner x, corner y, width, height) as centres in px."""
     path = Path(path)
+    _sniff_text(path, ".box file")
     try:
         arr = np.loadtxt(path, ndmin=2)
     except Exception as exc:
@@ -89,9 +108,14 @@ def read_box(path: str | Path) -> pd.DataFrame:
 
 def read_coordinates(path: str | Path) -> pd.DataFrame:
     """Read coordinates by file type (.csv CryoPPP, .star RELION, .box EMAN); see the module doc."""
+    from cryomap.io.atomic import note_input
+
     path = Path(path)
     if not path.exists():
         raise BadInputError("file not found", path)
+    if path.is_dir():
+        raise BadInputError("is a folder, not a coordinate file", path)
+    note_input(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return read_cryoppp_csv(path)
@@ -113,7 +137,7 @@ def write_cryoppp_csv(path: str | Path, df: pd.DataFrame, force: bool = False) -
         out[CSV_COLUMNS[2]] = df["diameter"].to_numpy()
     for col in out.columns:
         values = out[col].to_numpy(dtype=float)
-        if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        if np.all(np.isfinite(values)) and np.all(values == np.round(values)) and np.all(np.abs(values) < 2**53):
             out[col] = values.astype(np.int64)
     with atomic_path(path, force=force) as tmp:
         out.to_csv(tmp, index=False)

@@ -102,9 +102,12 @@ def discover(dataset_dir: str | Path) -> CryopppDataset:
     Micrographs without coordinates, coordinate files without a micrograph, and STAR rows naming
     micrographs that are not on disk are listed in ``missing`` (not errors: the caller decides).
     """
+    from cryomap.io.atomic import note_input
+
     root = Path(dataset_dir)
     if not root.is_dir():
         raise BadInputError("dataset folder not found", root)
+    note_input(root)  # the whole folder is the input: no output may replace it or a folder above it
     mic_files: list[Path] = []
     for folder in (root / "micrographs", root / "micrographs_jpg", root):
         mic_files += _files(folder, MICROGRAPH_SUFFIXES)

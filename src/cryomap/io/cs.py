@@ -42,9 +42,14 @@ from cryomap.errors import BadInputError
 
 def read_cs_array(path: str | Path) -> np.ndarray:
     """Load the raw structured array of a ``.cs`` file (``allow_pickle=False``)."""
+    from cryomap.io.atomic import note_input
+
     path = Path(path)
     if not path.exists():
         raise BadInputError("file not found", path)
+    if path.is_dir():
+        raise BadInputError("is a folder, not a cryoSPARC .cs file", path)
+    note_input(path)
     try:
         with open(path, "rb") as fh:
             arr = np.load(fh, allow_pickle=False)
@@ -52,6 +57,8 @@ def read_cs_array(path: str | Path) -> np.ndarray:
         raise BadInputError(f"not a readable cryoSPARC .cs file ({exc})", path) from exc
     if not isinstance(arr, np.ndarray) or arr.dtype.names is None:
         raise BadInputError("not a cryoSPARC .cs file (no structured fields)", path)
+    if arr.ndim != 1:
+        raise BadInputError(f"not a cryoSPARC .cs file (a table of shape {arr.shape}, not one row per particle)", path)
     return arr
 
 
@@ -141,8 +148,20 @@ def cs_to_dataframe(arr: np.ndarray, cs_path: Path | None = None) -> pd.DataFram
 
 def read_cs(path: str | Path) -> pd.DataFrame:
     """Read a cryoSPARC ``.cs`` particle file as a flat RELION-named table (see module doc for units)."""
+    from cryomap.io.star import check_table
+
     path = Path(path)
-    return cs_to_dataframe(read_cs_array(path), path)
+    arr = read_cs_array(path)
+    try:
+        df = cs_to_dataframe(arr, path)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"a cryoSPARC field has an unexpected type or shape ({exc})", path) from exc
+    if "blob/idx" in (arr.dtype.names or ()):
+        idx = np.asarray(arr["blob/idx"])
+        if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0):
+            r = int(np.flatnonzero(idx < 0)[0]) if idx.dtype.kind in "iu" else 0
+            raise BadInputError(f"row {r + 1}, blob/idx: {idx[r]} is not an image index ≥ 0", path)
+    return check_table(df, path, "cryoSPARC table (fields as RELION columns)", rows_from_text=False)
 
 
 def resolve_blob_path(blob_path: str | Path, cs_path: str | Path) -> Path:

@@ -16,7 +16,7 @@ def _columns(cols) -> str:
 def _describe_mrc(path: Path, apix: float | None) -> list[str]:
     import warnings
 
-    from cryomap.io.mrc import _check, _header_apix, _open
+    from cryomap.io.mrc import _check, _header_apix, _open, header_apix_problem
 
     with warnings.catch_warnings():  # permissive open: header oddities are reported, not warned
         warnings.simplefilter("ignore")
@@ -33,7 +33,9 @@ def _describe_mrc(path: Path, apix: float | None) -> list[str]:
         lines = [
             f"{path}: MRC {kind}, mode {int(h.mode)} ({mrc.data.dtype}), shape {shape} (z/n, y, x)",
             "pixel size: " + (f"{header_apix:.4f} Å/px" if header_apix else
-                               "not in header (cell is 0)" + (f"; using --apix {apix} Å/px" if apix else "; pass --apix")),
+                               ("not in header (cell is 0)" if "cell is 0" in str(header_apix_problem(mrc))
+                                else str(header_apix_problem(mrc)).replace("header ", "", 1))
+                               + (f"; using --apix {apix} Å/px" if apix else "; pass --apix")),
             f"origin: ({float(h.origin.x):g}, {float(h.origin.y):g}, {float(h.origin.z):g}) Å",
             f"values{(' (first 64 ' + ('sections' if kind == 'volume' else 'images') + ')') if data.ndim == 3 and len(data) > 64 else ''}: "
             f"min {sample.min():.4g}, max {sample.max():.4g}, mean {sample.mean():.4g}, std {sample.std():.4g}",

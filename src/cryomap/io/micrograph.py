@@ -68,9 +68,12 @@ def _tiff_apix(page) -> float | None:
 
 def micrograph_info(path: str | Path) -> MicrographInfo:
     """Shape (rows, cols) and pixel size (Å/px or None) read from the header only (cheap)."""
+    from cryomap.io.atomic import note_input
+
     path = Path(path)
     if not path.exists():
         raise BadInputError("file not found", path)
+    note_input(path)
     kind = _kind(path)
     try:
         if kind == "mrc":
@@ -136,9 +139,12 @@ def read_micrograph(path: str | Path, apix: float | None = None, *, mmap: bool =
     :class:`BadInputError` naming the file for a missing, truncated or unknown-type file, a non-2D
     image or NaN/inf pixels.
     """
+    from cryomap.io.atomic import note_input
+
     path = Path(path)
     if not path.exists():
         raise BadInputError("file not found", path)
+    note_input(path)
     kind = _kind(path)
     origin = (0.0, 0.0, 0.0)
     if kind == "mrc":

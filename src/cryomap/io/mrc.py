@@ -18,6 +18,9 @@ from cryomap.io.atomic import atomic_path
 #: MRC modes mrcfile reads and cryomap accepts: int8, int16, float32, uint16, float16.
 SUPPORTED_MODES = (0, 1, 2, 6, 12)
 
+#: Header voxel sizes (Å/px) taken as real: from sub-ångström detectors to binned tomograms.
+APIX_RANGE = (0.01, 10000.0)
+
 
 @dataclass
 class MrcData:
@@ -32,19 +35,55 @@ class MrcData:
         return tuple(self.data.shape)
 
 
+def _voxel_sizes(mrc: mrcfile.mrcfile.MrcFile) -> tuple[float, float]:
+    """(x, y) voxel size in Å/px as the header says it (cell / sampling), NaN where it cannot be computed."""
+    import warnings
+
+    h = mrc.header
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        cell = (float(h.cella.x), float(h.cella.y))
+        grid = (float(h.mx), float(h.my))
+    return tuple(c / g if g > 0 else (0.0 if c == 0 else float("nan")) for c, g in zip(cell, grid))  # type: ignore[return-value]
+
+
+def header_apix_problem(mrc: mrcfile.mrcfile.MrcFile) -> str | None:
+    """Why the header's voxel size cannot be used (zero, negative, not finite), or None when it can."""
+    x, y = _voxel_sizes(mrc)
+    for v in (x, y):
+        if not np.isfinite(v):
+            return f"header voxel size is not a finite number ({v})"
+        if v < 0:
+            return f"header cell is negative (voxel size {v:g} Å/px)"
+    if x <= 0 and y <= 0:
+        return "header holds no voxel size (cell is 0)"
+    v = x if x > 0 else y
+    if not APIX_RANGE[0] <= v <= APIX_RANGE[1]:
+        return f"header voxel size {v:.3g} Å/px is outside {APIX_RANGE[0]:g}–{APIX_RANGE[1]:g} Å/px (a broken cell or sampling)"
+    return None
+
+
 def _header_apix(mrc: mrcfile.mrcfile.MrcFile) -> float | None:
-    """Voxel size in Å/px from the header, or None when the cell is zero (not stored)."""
-    vs = mrc.voxel_size
-    values = [float(vs.x), float(vs.y), float(vs.z)]
-    nonzero = [v for v in values[:2] if v > 0]
-    if not nonzero:
+    """Voxel size in Å/px from the header, or None when the cell is zero, negative or not finite."""
+    if header_apix_problem(mrc) is not None:
         return None
-    return nonzero[0]
+    x, y = _voxel_sizes(mrc)
+    return x if x > 0 else y
+
+
+#: What the MRC modes cryomap does not read hold, for the error line.
+_MODE_NAMES = {3: "complex int16 (a Fourier transform)", 4: "complex float32 (a Fourier transform)",
+               101: "4-bit packed counts (convert to mode 2 float32, e.g. `newstack -mode 2`)"}
 
 
 def _open(path: Path, mmap: bool):
+    from cryomap.io.atomic import note_input
+
     if not path.exists():
         raise BadInputError("file not found", path)
+    if path.is_dir():
+        raise BadInputError("is a folder, not an MRC file", path)
+    note_input(path)
     try:
         import warnings
 
@@ -60,11 +99,17 @@ def _open(path: Path, mmap: bool):
 
 
 def _check(mrc, path: Path) -> None:
+    h = mrc.header
+    mode = int(h.mode)
+    if mode not in SUPPORTED_MODES:
+        what = _MODE_NAMES.get(mode, "not a mode of the MRC2014 standard that cryomap reads")
+        raise BadInputError(f"MRC mode {mode} is {what}; cryomap reads modes {', '.join(map(str, SUPPORTED_MODES))} "
+                            "(int8, int16, float32, uint16, float16)", path)
+    dims = (int(h.nx), int(h.ny), int(h.nz))
+    if min(dims) < 1:
+        raise BadInputError(f"header gives an image size of {dims[0]} x {dims[1]} x {dims[2]}, not a positive size", path)
     if mrc.data is None:
         raise BadInputError("MRC header is unreadable or the file is truncated (no data block)", path)
-    mode = int(mrc.header.mode)
-    if mode not in SUPPORTED_MODES:
-        raise BadInputError(f"unsupported MRC mode {mode} (supported: {SUPPORTED_MODES})", path)
     expected = int(mrc.header.nx) * int(mrc.header.ny) * int(mrc.header.nz)
     if mrc.data.size != expected:
         raise BadInputError(
@@ -80,17 +125,19 @@ def read_mrc(path: str | Path, apix: float | None = None, *, mmap: bool = False)
     stacks do not load into memory; other modes are converted (float16 → float32) in memory.
     """
     path = Path(path)
+    if apix is not None and not (np.isfinite(apix) and apix > 0):
+        raise BadInputError(f"pixel size must be a positive number of Å/px, got {apix}", path)
     mrc = _open(path, mmap)
     with mrc:
         _check(mrc, path)
         header_apix = _header_apix(mrc)
         if apix is None:
             if header_apix is None:
-                raise BadInputError(
-                    "header holds no voxel size (cell is 0); give the pixel size with --apix", path
-                )
+                raise BadInputError(f"{header_apix_problem(mrc)}; give the pixel size with --apix", path)
             apix = header_apix
         origin = (float(mrc.header.origin.x), float(mrc.header.origin.y), float(mrc.header.origin.z))
+        if not all(np.isfinite(origin)):
+            raise BadInputError(f"header origin {origin} Å is not finite", path)
         data = mrc.data
         if mmap and data.dtype == np.float32:
             # keep the mapping alive beyond the context: reopen as a plain numpy memmap
@@ -118,6 +165,9 @@ def read_stack(path: str | Path, apix: float | None = None, *, mmap: bool = True
     out = read_mrc(path, apix, mmap=mmap)
     if out.data.ndim == 2:
         out.data = out.data[None]
+    if out.data.shape[-1] != out.data.shape[-2]:
+        raise BadInputError(f"images are {out.data.shape[-1]} × {out.data.shape[-2]} px; a particle or class "
+                            "stack holds square images", path)
     return out
 
 
@@ -125,6 +175,18 @@ def is_volume_file(path: str | Path) -> bool:
     """True if the MRC header says the file is a volume (ispg 1 / nz>1, not a stack ``.mrcs``)."""
     with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
         return bool(mrc.header.ispg != 0 and int(mrc.header.nz) > 1)
+
+
+#: The one header label cryomap writes: mrcfile's own carries the time of writing, which would make
+#: equal data give different files (and a resumed or N-worker run differ from a plain one).
+MRC_LABEL = b"written by cryomap"
+
+
+def _set_label(header) -> None:
+    """Replace the header labels by :data:`MRC_LABEL` (works on mrcfile headers and raw header records)."""
+    header["label"] = b""
+    header["label"][0] = MRC_LABEL
+    header["nlabl"] = 1
 
 
 def write_mrc(
@@ -157,6 +219,7 @@ def write_mrc(
             mrc.voxel_size = float(apix)
             mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
             mrc.update_header_stats()
+            _set_label(mrc.header)
     return path
 
 
@@ -216,25 +279,45 @@ class StackWriter:
     of particles.
     """
 
-    def __init__(self, path: str | Path, n: int, box: int, apix: float, force: bool = False) -> None:
+    def __init__(self, path: str | Path, n: int, box: int, apix: float, force: bool = False, *,
+                 resume: bool = False) -> None:
         from cryomap.io.atomic import check_writable
 
         self.path = check_writable(path, force)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
         self.n, self.box, self.apix = int(n), int(box), float(apix)
-        # mrcfile writes a correct stack header; the (sparse) data block is filled later
-        with mrcfile.new_mmap(self.tmp, shape=(max(self.n, 1), self.box, self.box), mrc_mode=2, overwrite=True) as mrc:
-            mrc.set_image_stack()
-            mrc.voxel_size = self.apix
-            offset = int(mrc.header.nsymbt) + mrc.header.nbytes
-            self._header_dtype = mrc.header.dtype  # byte order as mrcfile wrote it
-            dtype = mrc.data.dtype.str
+        shape = (max(self.n, 1), self.box, self.box)
+        reopened = resume and self.tmp.exists() and self._reopen(shape)
+        if not reopened:
+            # mrcfile writes a correct stack header; the (sparse) data block is filled later
+            with mrcfile.new_mmap(self.tmp, shape=shape, mrc_mode=2, overwrite=True) as mrc:
+                mrc.set_image_stack()
+                mrc.voxel_size = self.apix
+                self._offset = int(mrc.header.nsymbt) + mrc.header.nbytes
+                self._header_dtype = mrc.header.dtype  # byte order as mrcfile wrote it
+                self._dtype = mrc.data.dtype.str
+        offset, dtype = self._offset, self._dtype
         self.target = StackTarget(str(self.tmp), offset, self.box, dtype)
+        #: True when an interrupted run's partial stack was reopened (``resume``): record its blocks again
+        self.resumed = bool(reopened)
         self.count = 0
         self._blocks: list[tuple[int, int]] = []  # (index, k) written
         self._append_at = 0
         self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
+
+    def _reopen(self, shape: tuple[int, int, int]) -> bool:
+        """Reuse an interrupted run's partial stack when its header fits ``shape``; False otherwise."""
+        try:
+            with mrcfile.mmap(self.tmp, mode="r", permissive=True) as mrc:
+                ok = mrc.data is not None and tuple(mrc.data.shape) == shape and mrc.data.dtype.kind == "f"
+                if ok:
+                    self._offset = int(mrc.header.nsymbt) + mrc.header.nbytes
+                    self._header_dtype = mrc.header.dtype
+                    self._dtype = mrc.data.dtype.str
+            return bool(ok)
+        except Exception:  # a partial stack that cannot be read is started again
+            return False
 
     def write(self, images: np.ndarray) -> None:
         """Append one image (box, box) or a batch (k, box, box)."""
@@ -290,6 +373,7 @@ class StackWriter:
             # MRC2014 image stack (ispg 0): mz = 1 and a one-section cell, as mrcfile and RELION write it
             h["mz"] = 1
             h["cella"]["z"] = self.apix
+            _set_label(h)
             if size:
                 mean = self._sum / size
                 h["dmin"], h["dmax"], h["dmean"] = self._min, self._max, mean

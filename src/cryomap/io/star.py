@@ -70,9 +70,145 @@ class StarTable:
         return None
 
 
+#: Columns whose values must be finite and > 0 (Å/px, µm, ×, kV).
+POSITIVE_COLUMNS = ("rlnImagePixelSize", "rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize", "rlnPixelSize",
+                    "rlnDetectorPixelSize", "rlnMagnification", "rlnVoltage")
+#: Columns whose values must be finite numbers: angles (°), origins (px or Å), CTF, coordinates (px).
+FINITE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnAngleRotPrior", "rlnAngleTiltPrior",
+                  "rlnAnglePsiPrior", "rlnOriginX", "rlnOriginY", "rlnOriginZ", "rlnOriginXAngst", "rlnOriginYAngst",
+                  "rlnOriginZAngst", "rlnOriginXPrior", "rlnOriginYPrior", "rlnOriginXPriorAngst",
+                  "rlnOriginYPriorAngst", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
+                  "rlnSphericalAberration", "rlnCtfBfactor", "rlnCtfScalefactor", "rlnCoordinateX", "rlnCoordinateY",
+                  "rlnCoordinateZ", "rlnCtfMaxResolution", "rlnBeamTiltX", "rlnBeamTiltY")
+#: Columns that hold whole numbers ≥ 1 (RELION counts optics groups, image sizes and classes from 1).
+COUNT_COLUMNS = ("rlnOpticsGroup", "rlnImageSize", "rlnImageDimensionality", "rlnClassNumber", "rlnRandomSubset",
+                 "rlnGroupNumber")
+#: Columns that hold 0 or 1.
+FLAG_COLUMNS = ("rlnCtfDataArePhaseFlipped", "rlnCtfDataAreCtfPremultiplied")
+
+
+_RULES = ([(c, "positive") for c in POSITIVE_COLUMNS] + [(c, "finite") for c in FINITE_COLUMNS]
+          + [(c, "count") for c in COUNT_COLUMNS] + [(c, "flag") for c in FLAG_COLUMNS]
+          + [("rlnAmplitudeContrast", "fraction")])
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_table(df: pd.DataFrame, path: Path | None, block: str = "particles", *, rows_from_text: bool = True) -> pd.DataFrame:
+    """Check the numbers of a RELION table where they enter; return it with those columns numeric.
+
+    Refused with one :class:`BadInputError` naming the file, the block, the row (1-based) and the
+    column: a row with fewer values than the loop has columns (a file cut mid-row), text in a
+    numeric column, NaN/inf in a pixel size, angle, origin, CTF value or coordinate, a pixel
+    size, magnification or voltage ≤ 0, an amplitude contrast outside [0, 1), a count (optics
+    group, image size, class) that is not a whole number ≥ 1, a 0/1 flag that is neither.
+    ``rows_from_text=False`` (a table not parsed from STAR text, e.g. a cryoSPARC ``.cs``) skips
+    the cut-row check and names the table ``block``.
+    """
+    where = f"data_{block}" if rows_from_text else block
+    if rows_from_text and not len(df.columns):
+        raise BadInputError(f"{where} has a loop_ without columns: the file looks cut", path)
+    if rows_from_text:
+        bad_names = [str(c) for c in df.columns if not str(c) or str(c).startswith("_") or len(str(c).split()) != 1]
+        if bad_names or len(set(map(str, df.columns))) != len(df.columns):
+            raise BadInputError(f"{where} has an empty, repeated or malformed column name "
+                                f"({bad_names[0] if bad_names else 'a repeat'!r})", path)
+    if rows_from_text and len(df) and len(df.columns):  # a short text row reads as NaN at its end
+        last = df.iloc[:, -1]
+        trailing = last.isna().to_numpy()
+        if trailing.any():
+            r = _first(trailing)
+            row = df.iloc[r]
+            have = len(df.columns) - int(np.argmax(~row.isna().to_numpy()[::-1])) if row.notna().any() else 0
+            raise BadInputError(
+                f"{where} row {r + 1} has values for {have} of its {len(df.columns)} columns (no "
+                f"{df.columns[-1]}): the file looks cut mid-row", path)
+    if rows_from_text:
+        _check_text_values(df, path, where)
+    changed: dict[str, np.ndarray] = {}
+    for col, rule in _RULES:
+        if col not in df.columns:
+            continue
+        raw = df[col]
+        if raw.dtype.kind in "fiu":  # already numbers (the common case: no per-value conversion)
+            v = raw.to_numpy(dtype=np.float64)
+        else:
+            values = pd.to_numeric(raw, errors="coerce")
+            text = values.isna().to_numpy() & raw.notna().to_numpy()
+            if text.any():
+                r = _first(text)
+                raise BadInputError(f"{where} row {r + 1}, {col}: {raw.iloc[r]!r} is not a number", path)
+            v = values.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            r = _first(bad)
+            raise BadInputError(f"{where} row {r + 1}, {col}: {v[r]} is not a finite number", path)
+        if rule == "positive":
+            bad, need = v <= 0, "must be > 0"
+        elif rule == "fraction":
+            bad, need = (v < 0) | (v >= 1), "must lie in [0, 1)"
+        elif rule == "count":
+            bad, need = (v < 1) | (v != np.round(v)) | (v > 2**31), "must be a whole number ≥ 1"
+        elif rule == "flag":
+            bad, need = (v != 0) & (v != 1), "must be 0 or 1"
+        else:
+            bad, need = None, ""
+        if bad is not None and bad.any():
+            r = _first(bad)
+            raise BadInputError(f"{where} row {r + 1}, {col}: {v[r]:g} {need}", path)
+        if rule in ("count", "flag"):
+            if raw.dtype.kind not in "iu":
+                changed[col] = v.astype(np.int64)
+        elif raw.dtype.kind != "f":
+            changed[col] = v
+    if changed:
+        df = df.copy()
+        for col, v in changed.items():
+            df[col] = v
+    return df
+
+
+def _check_text_values(df: pd.DataFrame, path: Path | None, where: str) -> None:
+    """Refuse a text value no STAR reader takes back as a value: empty, starting with ``_`` (a label),
+    ``#`` (a comment), ``data_`` or ``loop_``, or holding spaces or control characters."""
+    for col in df.columns:
+        raw = df[col]
+        if raw.dtype.kind in "fiub":
+            continue
+        text = raw.astype(str)
+        bad = text.str.contains(r"^(?:_|#|data_|loop_|$)|[\s\x00-\x1f\x7f'\"]", regex=True).to_numpy(dtype=bool)
+        if bad.any():
+            r = _first(bad)
+            raise BadInputError(f"{where} row {r + 1}, {col}: {text.iloc[r]!r} is not a STAR value (empty, a label "
+                                "or comment, or holding spaces, quotes or control characters)", path)
+
+
+def _sniff(path: Path) -> None:
+    """Refuse a file that is not STAR text: a cryoSPARC ``.cs`` (numpy) file, or binary content."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if head.startswith(b"\x93NUMPY"):
+        raise BadInputError("is a cryoSPARC .cs (numpy) file, not a STAR file: give it with a .cs suffix", path)
+    if b"\x00" in head:
+        raise BadInputError("is not a STAR file (binary content)", path)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
+            raise BadInputError(f"is not a STAR file (not UTF-8 text at byte {exc.start})", path) from exc
+
+
 def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+    from cryomap.io.atomic import note_input
+
     if not path.exists():
         raise BadInputError("file not found", path)
+    if path.is_dir():
+        raise BadInputError("is a folder, not a STAR file", path)
+    note_input(path)
+    _sniff(path)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
@@ -80,7 +216,7 @@ def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
     blocks = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
     if not blocks:
         raise BadInputError("STAR file holds no table (loop_) block", path)
-    return blocks
+    return {k: check_table(v, path, str(k)) for k, v in blocks.items()}
 
 
 def read_star(path: str | Path) -> StarTable:
@@ -101,6 +237,8 @@ def read_star(path: str | Path) -> StarTable:
             raise BadInputError("STAR file has an optics block but no particle table", path)
         key = max(candidates, key=lambda k: len(blocks[k]))
     particles = blocks[key].copy()
+    if not len(particles):
+        raise BadInputError(f"data_{key} holds no rows (no particles or coordinates)", path)
     if optics is not None and len(optics):
         if "rlnOpticsGroup" not in particles.columns:
             if len(optics) != 1:
@@ -243,8 +381,14 @@ def image_locations(table: StarTable) -> tuple[np.ndarray, list[Path]]:
         raise BadInputError("STAR file has no rlnImageName column", table.path)
     base = table.path.parent if table.path is not None else Path(".")
     idx, stacks = [], []
-    for name in table.particles["rlnImageName"]:
-        i, s = parse_image_name(name)
+    for row, name in enumerate(table.particles["rlnImageName"]):
+        try:
+            i, s = parse_image_name(name)
+        except ValueError as exc:
+            raise BadInputError(f"row {row + 1}, rlnImageName: {exc}", table.path) from exc
+        if i < 1 or not s:
+            raise BadInputError(f"row {row + 1}, rlnImageName {name!r}: "
+                                + ("no stack file named" if not s else "RELION counts images from 1"), table.path)
         idx.append(i - 1)
         p = Path(s)
         p = p if p.is_absolute() else base / p

@@ -106,7 +106,7 @@ def make_label_file(
         src = read_map(map_path, apix=in_apix)
     except BadInputError as err:
         if in_apix is None and "voxel size" in err.message:
-            raise BadInputError("header holds no voxel size (cell is 0); give it with --in-apix", map_path) from err
+            raise BadInputError(err.message.replace("--apix", "--in-apix"), map_path) from err
         raise
     src = to_xyz_space(src, map_path)
     try:

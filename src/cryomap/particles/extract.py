@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ class ExtractResult:
             line += "; micrograph pixel size unknown (JPEG/PNG without --apix): assumed 1.0 Å/px"
         for note in self.notes:
             line += f"; {note}"
-        return line + f" -> {self.stack_path.parent}"
+        return line + f" → {self.stack_path.parent}"
 
 
 # --------------------------------------------------------------------------- per-micrograph work
@@ -93,6 +92,8 @@ class _Params:
     edge: str
     bg_radius: float
     invert: bool
+    phase_flip: bool = False
+    out_apix: float = 1.0
 
 
 @dataclass
@@ -144,17 +145,19 @@ class _FileTarget:
         return stats
 
 
-def extract_micrograph(path: Path, xi: np.ndarray, yi: np.ndarray, p: _Params, target, index: int,
-                       n_expected: int) -> dict:
-    """Read one micrograph, cut/bin/normalise its particles and write them into the stack at ``index``.
+def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, target, index: int,
+                       n_expected: int, ctf=None) -> dict:
+    """One task: read one micrograph, cut/bin (phase-flip)/normalise its particles, write them at ``index``.
 
-    Runs in a worker process: the images go straight into the output file through ``target``
-    (a :class:`~cryomap.io.mrc.StackTarget`), only statistics come back (a picklable dict with
-    ``stats`` for :meth:`StackWriter.record`, or ``error`` and ``path``).
+    Runs inline or on a Dask worker (:class:`cryomap.tasks.TaskRunner`, ``p`` is the shared
+    context): the images go straight into the output file through ``target`` (a
+    :class:`~cryomap.io.mrc.StackTarget`), only statistics come back (a picklable dict with
+    ``stats`` for :meth:`StackWriter.record`, or ``error`` and ``path``). ``ctf``: the kept
+    particles' :class:`~cryomap.core.ctf.CtfParams` when phase flipping.
     """
-    from cryomap.io.micrograph import read_micrograph
     from cryomap.core.fourier import resize_images
     from cryomap.core.images import standardize_images
+    from cryomap.io.micrograph import read_micrograph
     from cryomap.particles.boxes import cut_boxes
 
     try:
@@ -165,48 +168,21 @@ def extract_micrograph(path: Path, xi: np.ndarray, yi: np.ndarray, p: _Params, t
             raise BadInputError(f"image size differs from its header ({len(images)} boxes fit, header says {n_expected})", path)
         if images.shape[-1] != p.out_box:
             images = resize_images(images, p.out_box)
+        if p.phase_flip and len(images):
+            from cryomap.core.ctf import phase_flip_images
+
+            images = phase_flip_images(images, ctf, p.out_apix)
         images = standardize_images(images, p.bg_radius, invert=p.invert, inplace=True)
-        return {"stats": target.write(index, images)}
+        return {"stats": list(target.write(index, images))}
     except CryomapError as err:
         return {"error": err.message, "path": str(err.path or path)}
 
 
-def _worker_init() -> None:
-    """One thread per worker process (set before torch/numpy start their pools; torch is not imported
-    here, it loads only if --bin needs it)."""
-    import os
+def _job_ctf(pj: "_Prepared"):
+    """The kept particles' CTF of a job (RELION columns of its rows), for phase flipping at extraction."""
+    from cryomap.core.ctf import ctf_params_from_table
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-
-
-def _run_jobs(prepared: list[_Prepared], params: _Params, target, workers: int, file_targets=None):
-    """Yield (prepared job, result) in job order; with workers > 1 a spawn process pool, bounded window.
-
-    ``target`` is the shared stack's :class:`StackTarget`; ``file_targets`` (one per job) replaces it
-    when every micrograph gets its own stack.
-    """
-    def args(pj: _Prepared):
-        t = file_targets[id(pj)] if file_targets is not None else target
-        return (pj.job.path, pj.xi, pj.yi, params, t, pj.index, int(pj.kept.sum()))
-
-    if workers <= 1:
-        for pj in prepared:
-            yield pj, extract_micrograph(*args(pj))
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    window = 2 * workers  # micrographs in flight stay bounded
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-        pending: list[tuple[_Prepared, Future]] = []
-        for pj in prepared:
-            pending.append((pj, pool.submit(extract_micrograph, *args(pj))))
-            if len(pending) >= window:
-                done, fut = pending.pop(0)
-                yield done, fut.result()
-        for done, fut in pending:
-            yield done, fut.result()
+    return ctf_params_from_table(pj.job.rows.loc[pj.kept].reset_index(drop=True))
 
 
 def _file_apix(path: Path) -> float | None:
@@ -234,6 +210,9 @@ def extract_particles(
     progress: bool = True,
     stack_per_micrograph: bool = False,
     ctf: str | Path | None = None,
+    phase_flip: bool = False,
+    scheduler: str | None = None,
+    resume: bool = False,
 ) -> ExtractResult:
     """Extract particles from a CryoPPP folder or a STAR file into ``out_dir``.
 
@@ -245,8 +224,14 @@ def extract_particles(
     per micrograph instead of ``particles.mrcs``. Raises :class:`BadInputError` for bad input,
     naming the file; a run that writes no particles is an error. ``ctf``: a ``micrographs_ctf.star``
     from ``cryomap ctf`` whose CTF (per-patch defocus where it has a model) replaces the particles'.
+    ``phase_flip``: multiply each particle by the sign of its own CTF after binning, before the
+    background normalisation (needs CTF columns; the STAR gets ``rlnCtfDataArePhaseFlipped = 1``).
+    Micrographs are tasks (:class:`cryomap.tasks.TaskRunner`): ``workers`` > 1 starts a local Dask
+    cluster, ``scheduler`` joins one; the output does not depend on either. ``resume`` continues a
+    crashed run without redoing the micrographs it finished.
     """
-    from cryomap.io.atomic import atomic_dir, check_writable
+    from cryomap.io.atomic import check_replaceable_dir, resumable_dir
+    from cryomap.tasks import TaskRunner
     from cryomap.io.mrc import StackWriter
     from cryomap.io.star import format_image_name, write_star
     from cryomap.particles.boxes import EDGE_POLICIES
@@ -257,7 +242,7 @@ def extract_particles(
     source, out_dir = Path(source), Path(out_dir)
     if edge not in EDGE_POLICIES:
         raise BadInputError(f"edge policy must be one of {', '.join(EDGE_POLICIES)}, got {edge!r}", source)
-    check_writable(out_dir, force)
+    check_replaceable_dir(out_dir, force)
     if not source.exists():
         raise BadInputError("not found", source)
     notes: set[str] = set()
@@ -295,7 +280,17 @@ def extract_particles(
         bg_radius = 0.75 * out_box / 2
     if not 0 < bg_radius < out_box * math.sqrt(2) / 2:
         raise BadInputError(f"--bg-radius {bg_radius} px leaves no background in a {out_box} px box", source)
-    params = _Params(box=box, out_box=out_box, edge=edge, bg_radius=float(bg_radius), invert=invert)
+    params = _Params(box=box, out_box=out_box, edge=edge, bg_radius=float(bg_radius), invert=invert,
+                     phase_flip=phase_flip)
+    if phase_flip:
+        from cryomap.core.ctf import missing_ctf_columns
+
+        for job in jobs:
+            missing = missing_ctf_columns(job.rows.columns)
+            if missing or job.rows[[c for c in ("rlnDefocusU", "rlnVoltage") if c in job.rows]].isna().any().any():
+                raise BadInputError("--phase-flip needs each particle's CTF, but the particles of "
+                                    f"{job.name} lack {', '.join(missing) or 'CTF values'}; give --ctf or a STAR with CTF",
+                                    source)
 
     # header pre-pass: shapes, coordinates inside, kept boxes -> exact place of every particle
     prepared: list[_Prepared] = []
@@ -318,6 +313,7 @@ def extract_particles(
     if mic_apix is None:
         mic_apix, apix_known = 1.0, False
     out_apix = mic_apix * box / out_box
+    params.out_apix = out_apix
     n_total = 0
     for pj in prepared:
         pj.index = n_total
@@ -329,7 +325,9 @@ def extract_particles(
 
     frames: list[pd.DataFrame] = []
     n_edge = n_padded = n_done_mics = n_written = 0
-    with atomic_dir(out_dir, force=force) as tmp_dir:
+    signature = {"source": str(source.resolve()), "params": asdict(params), "per_micrograph": stack_per_micrograph,
+                 "jobs": [[pj.job.name, pj.index, int(pj.kept.sum())] for pj in prepared], "ctf": str(ctf)}
+    with resumable_dir(out_dir, signature, force=force, resume=resume) as (tmp_dir, journal):
         file_targets, stack_names = None, {}
         if stack_per_micrograph:
             (tmp_dir / "stacks").mkdir()
@@ -342,43 +340,57 @@ def extract_particles(
                 file_targets[id(pj)] = _FileTarget(tmp_dir / stack_names[id(pj)], out_apix)
             writer = None
         else:
-            writer = StackWriter(tmp_dir / STACK_NAME, n=n_total, box=out_box, apix=out_apix)
-        try:
-            with progress_bar() as bar:
-                task = bar.add_task("extracting", total=len(prepared), visible=progress)
-                target = writer.target if writer is not None else None
-                for pj, res in _run_jobs(prepared, params, target, workers, file_targets):
-                    bar.advance(task)
-                    if "error" in res:
-                        if skip_bad:
-                            skipped.append((pj.job.name, res["error"]))
-                            continue
-                        raise BadInputError(res["error"], res["path"])
-                    rows = _output_rows(pj, mic_apix)
-                    if writer is not None:
-                        writer.record(pj.index, res["stats"])
-                        names = [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))]
-                    else:
-                        names = [format_image_name(k + 1, stack_names[id(pj)]) for k in range(len(rows))]
-                    rows.insert(0, "rlnImageName", names)
-                    if edge == "pad":
-                        rows["rlnCryomapEdgePadded"] = pj.padded[pj.kept].astype(np.int64)
-                    frames.append(rows)
-                    n_written += len(rows)
-                    n_edge += int((~pj.kept).sum())
-                    n_padded += int(pj.padded.sum())
-                    n_done_mics += 1
-                if n_written == 0:
-                    raise BadInputError(
-                        "no particles were written (every micrograph was bad: "
-                        + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) + ")", source)
-            if writer is not None:
-                writer.close()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+            writer = StackWriter(tmp_dir / STACK_NAME, n=n_total, box=out_box, apix=out_apix, resume=resume)
+            if not writer.resumed:
+                journal.clear()
+        target = writer.target if writer is not None else None
+
+        def task_args(pj: _Prepared) -> tuple:
+            t = file_targets[id(pj)] if file_targets is not None else target
+            return (pj.job.path, pj.xi, pj.yi, t, pj.index, int(pj.kept.sum()), _job_ctf(pj) if phase_flip else None)
+
+        def results():  # finished micrographs of a crashed run come from the journal, the rest are tasks
+            todo = [k for k in range(len(prepared)) if str(k) not in journal.done]
+            fresh = runner.map(extract_micrograph, (task_args(prepared[k]) for k in todo), context=params)
+            for k in range(len(prepared)):
+                res = journal.done.get(str(k))
+                if res is None:
+                    res = next(fresh)
+                    journal.record(str(k), res)
+                yield prepared[k], res
+
+        with progress_bar() as bar, TaskRunner(workers, scheduler) as runner:
+            task = bar.add_task("extracting", total=len(prepared), visible=progress)
+            for pj, res in results():
+                bar.advance(task)
+                if "error" in res:
+                    if skip_bad:
+                        skipped.append((pj.job.name, res["error"]))
+                        continue
+                    raise BadInputError(res["error"], res["path"])
+                rows = _output_rows(pj, mic_apix)
+                if writer is not None:
+                    writer.record(pj.index, tuple(res["stats"]))
+                    names = [format_image_name(n_written + 1 + k, STACK_NAME) for k in range(len(rows))]
+                else:
+                    names = [format_image_name(k + 1, stack_names[id(pj)]) for k in range(len(rows))]
+                rows.insert(0, "rlnImageName", names)
+                if edge == "pad":
+                    rows["rlnCryomapEdgePadded"] = pj.padded[pj.kept].astype(np.int64)
+                frames.append(rows)
+                n_written += len(rows)
+                n_edge += int((~pj.kept).sum())
+                n_padded += int(pj.padded.sum())
+                n_done_mics += 1
+            if n_written == 0:
+                raise BadInputError(
+                    "no particles were written (every micrograph was bad: "
+                    + "; ".join(f"{n} ({w})" for n, w in skipped[:3]) + ")", source)
+        if writer is not None:
+            writer.close()
         table = _finish_table(pd.concat(frames, ignore_index=True), mic_apix, out_apix, out_box, notes)
+        if phase_flip:
+            table["rlnCtfDataArePhaseFlipped"] = np.int64(1)
         write_star(tmp_dir / STAR_NAME, table)
     return ExtractResult(
         stack_path=out_dir / ("stacks" if stack_per_micrograph else STACK_NAME), star_path=out_dir / STAR_NAME, n_micrographs=n_done_mics,

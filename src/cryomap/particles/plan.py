@@ -102,6 +102,10 @@ def plan_folder(root: Path, notes: set[str]) -> tuple[list[MicrographJob], pd.Da
         jobs.append(MicrographJob(entry.micrograph, name, rows))
     if not jobs:
         raise BadInputError("no micrograph has coordinates: " + "; ".join(ds.missing[:3]), root)
+    if all(len(j.rows) == 0 for j in jobs):  # not "every box left the micrograph": there were no boxes
+        files = [e.coordinates.name if e.coordinates is not None else f"{ds.star_path.name} rows" for e in ds.usable]
+        raise BadInputError("no particle coordinates: every coordinate file is empty (" + ", ".join(files[:3])
+                            + (", …" if len(files) > 3 else "") + ")", root)
     return jobs, ds.star
 
 

@@ -46,6 +46,8 @@ Nonfinite = Literal["raise", "zero"]
 STACK_SUFFIXES = (".mrcs", ".mrc", ".st")
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+#: Bytes of images read after which the stack memory maps are dropped (and reopened on the next read).
+RELEASE_AFTER_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,12 @@ class ParticleSource:
             idx = self._images.index[rows[sel]]
             order = np.argsort(idx, kind="stable")
             out[sel[order]] = self._open(int(s))[idx[order]]
+        # pages of a memory map stay in this process's resident memory while it is mapped: unmap after
+        # every ~256 MiB read, so a pass over a large stack keeps memory flat (reopening costs microseconds)
+        self._read_bytes = getattr(self, "_read_bytes", 0) + out.nbytes
+        if self._read_bytes > RELEASE_AFTER_BYTES:
+            self.release()
+            self._read_bytes = 0
         bad = ~np.isfinite(out).all(axis=(-2, -1)) if len(out) else np.zeros(0, bool)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -311,8 +319,9 @@ class ParticleSource:
                 stack = self._images.stacks[int(stack_ids[k])]
                 raise BadInputError(
                     f"image {int(self._images.index[rows[k]]) + 1} holds NaN or infinite values "
-                    f"({int(bad.sum())} such images in this batch); skip them with the zero policy "
-                    "(--nonfinite zero) or fix the stack", stack if not stack.startswith("<memory:") else self.path)
+                    f"({int(bad.sum())} such images in this batch); fix or leave out those images "
+                    "(cryomap preprocess writes them as zeros and counts them)",
+                    stack if not stack.startswith("<memory:") else self.path)
             out[bad] = 0.0
         return out, bad
 
@@ -372,6 +381,11 @@ class ParticleSource:
         for start in range(0, len(self), max(1, int(size))):
             rows = np.arange(start, min(start + size, len(self)))
             yield rows, self.images(rows)
+
+    def release(self) -> None:
+        """Close the memory maps opened so far (the next read reopens them), so the stack pages read
+        until now leave the process's resident memory: a long streaming pass calls it every few chunks."""
+        self._maps = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

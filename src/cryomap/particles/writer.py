@@ -57,31 +57,14 @@ def output_table(source: ParticleSource, stack_name: str = STACK_NAME) -> pd.Dat
     return tab
 
 
-_WORKER_SOURCE: ParticleSource | None = None
+def _chunk_task(source: ParticleSource, start: int, stop: int, target) -> tuple[tuple, int, int]:
+    """One task: read rows [start, stop) through the source's ops and write them at ``start`` in the stack.
 
-
-def _init_worker(source: ParticleSource) -> None:
-    """Worker start: one thread each (set before torch/numpy start their pools), the source kept."""
-    import os
-
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CRYOMAP_IMAGE_THREADS"):
-        os.environ[var] = "1"
-    global _WORKER_SOURCE
-    _WORKER_SOURCE = source
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-
-
-def _write_chunk(source: ParticleSource | None, start: int, stop: int, target) -> tuple[tuple, int, int]:
-    """Read rows [start, stop) through the source's ops and write them at ``start``;
-    (stats, non-finite count, constant count)."""
-    src = source if source is not None else _WORKER_SOURCE
-    assert src is not None
-    images, bad, constant = src.read_flags(np.arange(start, stop))
+    Returns (stats for :meth:`StackWriter.record`, non-finite count, constant count); runs inline or
+    on a Dask worker (:class:`cryomap.tasks.TaskRunner`).
+    """
+    images, bad, constant = source.read_flags(np.arange(start, stop))
+    source.release()  # unmap: the stack pages read so far would otherwise stay in this process's RSS
     return target.write(start, images), int(bad.sum()), int(constant.sum())
 
 
@@ -92,6 +75,8 @@ def write_particles(
     force: bool = False,
     chunk: int = DEFAULT_CHUNK,
     workers: int = 1,
+    scheduler: str | None = None,
+    resume: bool = False,
     label: str = "writing particles",
     progress: bool = True,
     sidecar: dict[str, Any] | None = None,
@@ -101,16 +86,19 @@ def write_particles(
 ) -> WriteResult:
     """Write ``source`` (ops applied) as ``out_dir/particles.mrcs`` + ``out_dir/particles.star``.
 
-    Chunks of ``chunk`` rows are read, processed and written one at a time (``workers`` > 1: in
-    that many processes, each writing its own chunks into the stack; the bytes do not depend on
-    the number of workers). ``sidecar`` is written as JSON beside the STAR; ``star_blocks`` are
-    extra STAR data blocks after the particles (e.g. the preprocessing steps). ``out_dir`` must not
-    exist unless ``force`` (then only a folder cryomap wrote is replaced).
+    Chunks of ``chunk`` rows are read, processed and written as tasks (:class:`cryomap.tasks.TaskRunner`):
+    inline with ``workers=1``, on a local Dask cluster of ``workers`` processes, or on the cluster at
+    ``scheduler``; each task writes its own chunk into the stack, so the bytes do not depend on the
+    number of workers. A crashed run continues with ``resume`` (finished chunks are not redone).
+    ``sidecar`` is written as JSON beside the STAR; ``star_blocks`` are extra STAR data blocks after
+    the particles (e.g. the preprocessing steps). ``out_dir`` must not exist unless ``force`` (then
+    only a folder cryomap wrote is replaced).
     """
-    from cryomap.io.atomic import atomic_dir
+    from cryomap.io.atomic import resumable_dir
     from cryomap.io.mrc import StackWriter
     from cryomap.io.star import write_star
     from cryomap.progress import progress_bar
+    from cryomap.tasks import TaskRunner
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -119,24 +107,35 @@ def write_particles(
         from cryomap.errors import BadInputError
 
         raise BadInputError("no particles to write", source.path)
+    chunk = max(1, int(chunk))
+    signature = {"input": str(source.path), "n": n, "box": source.box, "apix": source.pixel_size, "chunk": chunk,
+                 "ops": source.describe_ops(), "rows": _rows_digest(source)}
     bad_total = constant_total = 0
-    with atomic_dir(out_dir, force=force) as tmp:
-        writer = StackWriter(tmp / STACK_NAME, n=n, box=source.box, apix=source.pixel_size, force=True)
-        try:
-            bounds = [(s, min(s + chunk, n)) for s in range(0, n, max(1, int(chunk)))]
-            with progress_bar(transient=not progress) as bar:
-                task = bar.add_task(label, total=n, visible=progress)
-                for (start, stop), (stats, bad, constant) in zip(bounds, _run(source, bounds, writer.target, workers)):
+    with resumable_dir(out_dir, signature, force=force, resume=resume) as (tmp, journal):
+        writer = StackWriter(tmp / STACK_NAME, n=n, box=source.box, apix=source.pixel_size, force=True, resume=resume)
+        if not writer.resumed:
+            journal.clear()
+        bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+        for start, stop in bounds:  # chunks a crashed run finished
+            done = journal.done.get(str(start))
+            if done is not None:
+                stats, bad, constant = done
+                writer.record(start, tuple(stats))
+                bad_total, constant_total = bad_total + bad, constant_total + constant
+        todo = [(s, e) for s, e in bounds if str(s) not in journal.done]
+        with progress_bar(transient=not progress) as bar:
+            task = bar.add_task(label, total=n, completed=n - sum(e - s for s, e in todo), visible=progress)
+            with TaskRunner(workers, scheduler) as runner:
+                results = runner.map(_chunk_task, [(s, e, writer.target) for s, e in todo], context=source)
+                for (start, stop), (stats, bad, constant) in zip(todo, results):
                     writer.record(start, stats)
+                    journal.record(str(start), [list(stats), bad, constant])
                     bad_total += bad
                     constant_total += constant
                     bar.advance(task, stop - start)
                     if on_chunk is not None:
                         on_chunk(stop - start)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+        writer.close()
         write_star(tmp / STAR_NAME, output_table(source), force=True)
         if star_blocks:
             _append_blocks(tmp / STAR_NAME, star_blocks)
@@ -147,25 +146,15 @@ def write_particles(
                        time.perf_counter() - t0)
 
 
-def _run(source: ParticleSource, bounds: list[tuple[int, int]], target, workers: int):
-    """(stats, non-finite count, constant count) per chunk, in chunk order; a bounded window in flight."""
-    if workers <= 1 or len(bounds) <= 1:
-        for start, stop in bounds:
-            yield _write_chunk(source, start, stop, target)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+def _rows_digest(source: ParticleSource) -> str:
+    """A digest of which images the rows name (so a resumed run writes the same particles)."""
+    import hashlib
 
-    window = 2 * workers
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(source,)) as pool:
-        pending = []
-        for start, stop in bounds:
-            pending.append(pool.submit(_write_chunk, None, start, stop, target))
-            if len(pending) >= window:
-                yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(source._images.index).tobytes())  # noqa: SLF001
+    h.update(np.ascontiguousarray(source._images.stack_of_row).tobytes())  # noqa: SLF001
+    h.update("\n".join(map(str, source._images.stacks)).encode())  # noqa: SLF001
+    return h.hexdigest()
 
 
 def _append_blocks(star_path: Path, blocks: dict[str, pd.DataFrame]) -> None:

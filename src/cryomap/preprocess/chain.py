@@ -109,15 +109,10 @@ def steps_table(steps: list[dict[str, Any]]) -> pd.DataFrame:
 
 def load_chain_config(path: str | Path) -> list[dict[str, Any]]:
     """Read the ``steps:`` list of a preprocessing YAML (or a bare list); errors name the file."""
-    import yaml
+    from cryomap.io.yamlfile import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError("file not found", path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"not valid YAML ({str(exc).splitlines()[0]})", path) from exc
+    raw = read_yaml(path, "preprocessing config")
     steps = raw.get("steps") if isinstance(raw, dict) else raw
     if not isinstance(steps, list) or not steps:
         raise BadInputError("expected a 'steps:' list of preprocessing steps", path)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
-from cryomap.core.ctf import CtfParams, ctf_images
+from cryomap.core.ctf import CtfParams, phase_flip_images, wiener_images
 from cryomap.errors import BadInputError
 from cryomap.particles.source import BatchContext, ParticleSource
 from cryomap.preprocess.base import Op
@@ -35,30 +34,14 @@ from cryomap.preprocess.base import Op
 DEFAULT_WIENER_CONSTANT = 0.1
 
 
-def _filter(images: np.ndarray, ctf: CtfParams, apix: float, fn) -> np.ndarray:
-    """Apply ``fn(ctf)`` (a filter built from the CTF images) to each image's rfft; float32 out."""
-    imgs = torch.as_tensor(np.ascontiguousarray(images, dtype=np.float32))
-    if imgs.ndim == 2:
-        imgs = imgs[None]
-    if len(ctf) != len(imgs):
-        raise ValueError(f"{len(imgs)} images but {len(ctf)} CTFs")
-    h, w = imgs.shape[-2:]
-    with torch.no_grad():
-        c = ctf_images(ctf, apix, (h, w))
-        out = torch.fft.irfft2(torch.fft.rfft2(imgs) * fn(c), s=(h, w))
-    return out.numpy().astype(np.float32, copy=False)
-
-
 def phase_flip(images: np.ndarray, ctf: CtfParams, apix: float) -> np.ndarray:
     """Phase-flip images (N, H, W) by the sign of their CTFs (``ctf`` per image, ``apix`` Å/px)."""
-    return _filter(images, ctf, apix, lambda c: torch.where(c < 0, -1.0, 1.0).to(c.dtype))
+    return phase_flip_images(images, ctf, apix)
 
 
 def wiener(images: np.ndarray, ctf: CtfParams, apix: float, constant: float = DEFAULT_WIENER_CONSTANT) -> np.ndarray:
     """Wiener-filter images (N, H, W): ``F · CTF / (CTF² + constant)`` (``constant`` > 0, inverse SNR)."""
-    if not constant > 0:
-        raise ValueError(f"the Wiener constant must be positive, got {constant}")
-    return _filter(images, ctf, apix, lambda c: c / (c * c + float(constant)))
+    return wiener_images(images, ctf, apix, constant)
 
 
 def _check_ctf(source: ParticleSource, step: str) -> None:

@@ -52,19 +52,26 @@ def run_preprocess(
     *,
     apix: float | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
+    resume: bool = False,
     chunk: int = DEFAULT_CHUNK,
     force: bool = False,
     figure: bool = False,
     progress: bool = True,
 ) -> PreprocessResult:
-    """Preprocess ``source_path`` through ``steps`` (see :mod:`cryomap.preprocess.chain`) into ``out_dir``."""
+    """Preprocess ``source_path`` through ``steps`` (see :mod:`cryomap.preprocess.chain`) into ``out_dir``.
+
+    ``workers``/``scheduler``: where the chunks run (:class:`cryomap.tasks.TaskRunner`); ``resume``
+    continues a crashed run. ``figure`` also writes the gallery and one-particle figures.
+    """
     t0 = time.perf_counter()
     source = open_particles(source_path, apix=apix, nonfinite="zero")
     chained = apply_chain(source, steps)
     spec = chain_spec(chained)
     sidecar = {"input": str(Path(source_path).resolve()), "n_particles": len(source), "box": source.box,
                "pixel_size_A": source.pixel_size, "steps": spec}
-    result = write_particles(chained, out_dir, force=force, chunk=chunk, workers=workers, label="preprocessing",
+    result = write_particles(chained, out_dir, force=force, chunk=chunk, workers=workers, scheduler=scheduler,
+                             resume=resume, label="preprocessing",
                              progress=progress, sidecar=sidecar, star_blocks={"cryomap_preprocess": steps_table(spec)})
     sidecar.update(n_nonfinite=result.n_nonfinite, n_constant=result.n_constant,
                    seconds=round(time.perf_counter() - t0, 2))

@@ -69,6 +69,7 @@ class SimulationParams:
     ice_fraction: float = 0.25  # share of the noise variance that is CTF-filtered ice structure
     gradient: float = 0.03  # peak relative ice-thickness variation across a micrograph
     map_apix: float | None = None  # Å/px of a .mrc source whose header holds no voxel size
+    specimen_tilt: float = 0.0  # degrees; specimen plane tilted about a random in-plane axis per micrograph (defocus linear across it)
 
 
 @dataclass
@@ -184,6 +185,13 @@ def _write_jpg(path: Path, image: np.ndarray) -> None:
     Image.fromarray(u8).save(path, quality=92)
 
 
+def defocus_plane(x: np.ndarray, y: np.ndarray, size: int, apix: float, tilt: float, axis: float) -> np.ndarray:
+    """Defocus offset (Å) at pixel (x, y) of a specimen tilted by ``tilt`` degrees, rising along ``axis`` (degrees from x toward y), 0 at the centre."""
+    c = (size - 1) / 2.0
+    a = np.deg2rad(axis)
+    return (np.tan(np.deg2rad(tilt)) * apix * ((np.asarray(x) - c) * np.cos(a) + (np.asarray(y) - c) * np.sin(a))).astype(np.float64)
+
+
 def _draw_particles(target: Target, p: SimulationParams, rng: np.random.Generator) -> pd.DataFrame:
     """Per-particle poses, origins and CTF (RELION columns) plus the micrograph index, in write order."""
     n = p.n_particles
@@ -212,7 +220,7 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
     """Write one target's CryoPPP-layout folder into ``folder`` (which the caller makes atomic)."""
     from cryomap.io.mrc import StackWriter, write_mrc
     from cryomap.io.star import write_star
-    from cryomap.simulate.projection import Projector
+    from cryomap.core.projector import Projector
 
     t0 = time.perf_counter()
     seeds = rng_seed.spawn(target.n_micrographs + 1)
@@ -231,6 +239,7 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
     coords_all = np.zeros((p.n_particles, 2), dtype=np.int64)
     mic_names: list[str] = []
     ks: list[float] = []
+    mic_truth: list[dict] = []
     with StackWriter(folder / "clean" / "particles.mrcs", p.n_particles, target.box, p.apix) as clean_writer:
         start = 0
         for m in range(target.n_micrographs):
@@ -239,6 +248,19 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
             rows = table.iloc[start:start + n_m]
             stem = f"{target.id}_{m:04d}"
             coords = place_particles(n_m, p.micrograph_size, target.box, diameter_px, mrng)
+            offset_map, tilt_axis = None, None
+            if p.specimen_tilt:
+                # a tilted specimen: defocus rises by tan(tilt) Å per Å along direction tilt_axis
+                # (degrees from x toward y), 0 at the micrograph centre; drawn only when asked, so
+                # untilted datasets stay identical for a seed
+                tilt_axis = float(mrng.uniform(-180.0, 180.0))
+                off = defocus_plane(coords[:, 0], coords[:, 1], p.micrograph_size, p.apix, p.specimen_tilt, tilt_axis)
+                idx = table.index[start:start + n_m]
+                table.loc[idx, "rlnDefocusU"] += off
+                table.loc[idx, "rlnDefocusV"] += off
+                rows = table.iloc[start:start + n_m]
+                yy, xx = np.mgrid[0:p.micrograph_size, 0:p.micrograph_size]
+                offset_map = defocus_plane(xx, yy, p.micrograph_size, p.apix, p.specimen_tilt, tilt_axis)
             clean = projector.project(rows.rlnAngleRot.values, rows.rlnAngleTilt.values, rows.rlnAnglePsi.values,
                                       rows[["rlnOriginXAngst", "rlnOriginYAngst"]].values, p.apix)
             clean_writer.write(clean)
@@ -250,7 +272,9 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
             mic_ctf = CtfParams(mu, mv, ma, p.voltage, p.cs, p.amplitude_contrast, p.bfactor)
             layers = render_micrograph(clean, coords, particle_ctf, mic_ctf, size=p.micrograph_size, apix=p.apix,
                                        snr=p.snr, dose=p.dose, ice_fraction=p.ice_fraction, gradient=p.gradient,
-                                       rng=mrng)
+                                       rng=mrng, defocus_offset=offset_map)
+            mic_truth.append({"micrograph": f"micrographs/{stem}.mrc", "defocus_u": float(mu), "defocus_v": float(mv),
+                              "defocus_angle": float(ma), **({"specimen_tilt_axis": tilt_axis} if p.specimen_tilt else {})})
             write_mrc(folder / "micrographs" / f"{stem}.mrc", layers.counts, p.apix)
             _write_jpg(folder / "micrographs_jpg" / f"{stem}.jpg", layers.counts)
             pd.DataFrame({"X-Coordinate": coords[:, 0], "Y-Coordinate": coords[:, 1],
@@ -306,6 +330,7 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
         "particles_per_micrograph": target.per_micrograph,
         "dose_per_px": p.dose * p.apix**2,
         "contrast_scale_k_per_micrograph": ks,
+        "micrograph_ctf": mic_truth,
         "conventions": {
             "micrograph_units": "electrons per pixel (Poisson counts); particles darker than the ice, as recorded",
             "extraction": "invert contrast when extracting to match the STAR CTF and clean/ (bright particles)",
@@ -314,6 +339,8 @@ def simulate_target(target: Target, p: SimulationParams, folder: Path, rng_seed:
             "coordinates": "integer pick, x = column, y = row (px); true centre = coordinate - origin/apix",
             "angles": "RELION ZYZ rot, tilt, psi in degrees; image(x,y) = sum_z V(A^T (x,y,z)); centre box//2",
             "defocus": "Å, positive underfocus, DefocusU >= DefocusV, DefocusAngle from x toward y (degrees)",
+            "micrograph_ctf": "per micrograph: the CTF of its centre (Å, degrees); with specimen_tilt > 0 the defocus "
+                              "adds tan(tilt) x distance (Å) along specimen_tilt_axis (degrees from x toward y)",
             "clean": "CTF-free, noise-free projections of maps/<id>_truth.mrc with the true poses and origins",
         },
         "files": {

@@ -108,13 +108,40 @@ def smooth_background(size: int, rng: np.random.Generator, amplitude: float = 0.
     return (amplitude * field / peak if peak > 0 else field).astype(np.float32)
 
 
-def ice_structure(size: int, rng: np.random.Generator, params: CtfParams, apix: float) -> np.ndarray:
-    """Unit-variance amorphous-ice noise: white Gaussian potential filtered by the micrograph's mean CTF."""
+def ice_structure(size: int, rng: np.random.Generator, params: CtfParams, apix: float,
+                  defocus_offset: np.ndarray | None = None) -> np.ndarray:
+    """Unit-variance amorphous-ice noise: white Gaussian potential filtered by the micrograph's mean CTF.
+
+    ``defocus_offset`` (size, size) Å, optional: a defocus added per pixel (a tilted specimen).
+    The noise is then filtered at defocus levels spanning the offsets, close enough that the CTF
+    phase changes by at most 0.2 rad at Nyquist between neighbours (at most 64 levels), and
+    interpolated linearly per pixel between the two nearest levels.
+    """
     white = torch.as_tensor(rng.standard_normal((size, size), dtype=np.float32))
-    ctf = ctf_2d(params.defocus_u, params.defocus_v, params.angle, voltage=params.voltage, cs=params.cs,
-                 amplitude_contrast=params.amplitude_contrast, apix=apix, shape=(size, size),
-                 bfactor=params.bfactor)[0]
-    out = torch.fft.irfft2(torch.fft.rfft2(white) * ctf, s=(size, size)).numpy()
+    spectrum = torch.fft.rfft2(white)
+
+    def filtered(shift: float) -> torch.Tensor:
+        ctf = ctf_2d(params.defocus_u + shift, params.defocus_v + shift, params.angle, voltage=params.voltage,
+                     cs=params.cs, amplitude_contrast=params.amplitude_contrast, apix=apix, shape=(size, size),
+                     bfactor=params.bfactor)[0]
+        return torch.fft.irfft2(spectrum * ctf, s=(size, size))
+
+    if defocus_offset is None or not np.any(defocus_offset):
+        out = filtered(0.0).numpy()
+    else:
+        from torch_ctf import calculate_relativistic_electron_wavelength
+
+        offset = torch.as_tensor(np.asarray(defocus_offset, dtype=np.float32))
+        lo, hi = float(offset.min()), float(offset.max())
+        lam = float(calculate_relativistic_electron_wavelength(params.voltage * 1e3)) * 1e10  # Å
+        step = 0.2 / (np.pi * lam * (0.5 / apix) ** 2)  # Å of defocus per 0.2 rad at Nyquist
+        levels = np.linspace(lo, hi, int(np.clip(np.ceil((hi - lo) / step) + 1, 2, 64)))
+        gap = float(levels[1] - levels[0])
+        acc = torch.zeros((size, size))
+        for level in levels:
+            weight = torch.clamp(1.0 - (offset - float(level)).abs() / gap, min=0.0)
+            acc += weight * filtered(float(level))
+        out = acc.numpy()
     return (out / out.std()).astype(np.float32)
 
 
@@ -143,12 +170,15 @@ def render_micrograph(
     ice_fraction: float,
     gradient: float,
     rng: np.random.Generator,
+    defocus_offset: np.ndarray | None = None,
 ) -> MicrographLayers:
     """Assemble one micrograph from clean projections (n, D, D) at pick ``coords`` (n, 2) (x, y).
 
     ``dose`` e⁻/Å², ``snr`` as defined in the module docstring, ``ice_fraction`` the share of
     the noise variance that is CTF-filtered ice structure, ``gradient`` the peak relative
-    ice-thickness variation.
+    ice-thickness variation, ``defocus_offset`` an optional (size, size) map of defocus (Å) added
+    to the micrograph CTF of the ice (a tilted specimen; the particles' own CTFs are in
+    ``particle_ctf``).
     """
     if snr <= 0:
         raise BadInputError(f"SNR must be positive, got {snr}")
@@ -164,7 +194,7 @@ def render_micrograph(
     k = float(np.sqrt(snr / ((1.0 - f) * lam * mean_var)))
     a = float(np.sqrt(f / ((1.0 - f) * lam))) / k
     g = smooth_background(size, rng, gradient) if gradient > 0 else 0.0
-    ice = ice_structure(size, rng, micrograph_ctf, apix) if f > 0 else 0.0
+    ice = ice_structure(size, rng, micrograph_ctf, apix, defocus_offset) if f > 0 else 0.0
     particle_signal = (-lam * k) * S
     background = np.broadcast_to(np.float32(lam) * (1.0 + np.asarray(g, dtype=np.float32)), (size, size))
     expected = background + particle_signal - np.float32(lam * k * a) * ice

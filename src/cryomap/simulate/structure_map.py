@@ -52,6 +52,20 @@ def read_model(path: Path):
     """Read a PDB/mmCIF model with gemmi; hydrogens and waters removed. Raises on unreadable or empty."""
     import gemmi
 
+    from cryomap.io.atomic import note_input
+
+    note_input(path)
+    if path.name.lower().endswith(".gz"):
+        # gemmi reads a cut gzip stream up to the break and keeps the atoms before it: check the whole stream
+        import gzip
+        import zlib
+
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            raise BadInputError(f"gzip stream is truncated or corrupt ({exc}); re-download the file", path) from exc
     try:
         st = gemmi.read_structure(str(path))
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a reason
@@ -172,8 +186,8 @@ def read_source_map(path: Path, map_apix: float | None = None) -> MrcData:
     try:
         return read_map(path, apix=map_apix)
     except BadInputError as err:
-        if "no voxel size" in err.message:  # read_map's hint names --apix, which here is the output sampling
-            raise BadInputError("map header holds no voxel size (cell is 0); give it with --map-apix", path) from err
+        if "--apix" in err.message:  # read_map's hint names --apix, which here is the output sampling
+            raise BadInputError(err.message.replace("--apix", "--map-apix"), path) from err
         raise
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cryomap.errors import BadInputError
@@ -47,18 +46,24 @@ class SyntheticData(_Strict):
 
 
 class DataConfig(BaseModel):
-    """Where the (condition, label) pairs come from; extra keys go to the DataModule."""
+    """Where the (condition, label) pairs come from; extra keys go to the DataModule.
+
+    ``pairs_dir``: a pair cache over a corpus (``cryomap pairs build``); its extra keys are
+    ``mode`` (halfmaps | stack), ``crop`` (training crop side, voxels), ``depth`` (stack mode's
+    D), ``samples_per_epoch`` and ``val_crop``.
+    """
 
     model_config = ConfigDict(extra="allow")
     dataset_dir: Path | None = None
     synthetic: SyntheticData | None = None
+    pairs_dir: Path | None = None
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
-        if (self.dataset_dir is None) == (self.synthetic is None):
-            raise ValueError("give exactly one of data.dataset_dir or data.synthetic")
+        if sum(x is not None for x in (self.dataset_dir, self.synthetic, self.pairs_dir)) != 1:
+            raise ValueError("give exactly one of data.pairs_dir, data.dataset_dir or data.synthetic")
         return self
 
 
@@ -87,6 +92,7 @@ class TrainerConfig(_Strict):
     accelerator: str = "cpu"
     strategy: str = "auto"
     num_nodes: int = 1
+    accumulate_grad_batches: int = Field(1, ge=1, description="Batches whose gradients are summed per optimizer step.")
     seed: int = 0
     log_every: int = 10
     val_every_epochs: int = 1
@@ -130,21 +136,19 @@ class TrainConfig(_Strict):
     trainer: TrainerConfig = TrainerConfig(max_steps=100)
     loss: LossConfig = LossConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    init_from: str | None = Field(None, description="start from these weights: a finished run folder, its "
+                                  "model.safetensors or builtin[:NAME] (the same network); optimiser and steps start afresh")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and validate a YAML training config; ``overrides`` are nested dicts merged on top."""
+    from cryomap.io.yamlfile import read_yaml_mapping
+
     path = Path(path)
-    if not path.exists():
-        raise BadInputError("config file not found", path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"not valid YAML ({exc})", path) from exc
-    if not isinstance(raw, dict):
-        raise BadInputError("a training config must be a mapping", path)
+    raw = read_yaml_mapping(path, "training config", empty_ok=True)
     data = raw.get("data")
-    if isinstance(data, dict) and data.get("dataset_dir") and not Path(data["dataset_dir"]).is_absolute():
+    if (isinstance(data, dict) and isinstance(data.get("dataset_dir"), str) and data["dataset_dir"]
+            and not Path(data["dataset_dir"]).is_absolute()):
         data["dataset_dir"] = str((path.parent / data["dataset_dir"]).resolve())
     return config_from_dict(_merge(raw, overrides or {}), path)
 

@@ -101,6 +101,8 @@ def make_datamodule(cfg: DataConfig, seed: int) -> pl.LightningDataModule:
     """The DataModule a config asks for; its ``meta`` dict says channels, box and label grid."""
     if cfg.synthetic is not None:
         return synthetic_datamodule(cfg.synthetic, cfg.batch_size, cfg.num_workers, seed)
+    if cfg.pairs_dir is not None:
+        return pairs_datamodule(cfg, seed)
     from cryomap.train.dataset_adapter import dataset_datamodule
 
     return dataset_datamodule(cfg, seed)
@@ -108,3 +110,19 @@ def make_datamodule(cfg: DataConfig, seed: int) -> pl.LightningDataModule:
 
 def n_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
+
+
+#: Config keys of ``data`` passed on to :class:`~cryomap.datasets.pairs_data.PairDataModule`.
+PAIRS_KEYS = ("mode", "crop", "depth", "samples_per_epoch", "val_crop")
+
+
+def pairs_datamodule(cfg: DataConfig, seed: int) -> pl.LightningDataModule:
+    """A :class:`~cryomap.datasets.pairs_data.PairDataModule` over ``cfg.pairs_dir`` (its ``meta`` describes the grid)."""
+    from cryomap.datasets.pairs_data import PairDataModule
+    from cryomap.errors import BadInputError
+
+    extra = dict(cfg.model_extra or {})
+    unknown = sorted(set(extra) - set(PAIRS_KEYS))
+    if unknown:
+        raise BadInputError(f"unknown data options {unknown} for a pair cache (known: {', '.join(PAIRS_KEYS)})")
+    return PairDataModule(cfg.pairs_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=seed, **extra)

@@ -50,10 +50,12 @@ class Prediction:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Load a run folder, its ``model.safetensors``, or a Lightning ``.ckpt`` (EMA weights for diffusion)."""
+    """Load a run folder, its ``model.safetensors``, a Lightning ``.ckpt`` (EMA weights for diffusion), or a
+    shipped model: ``"builtin"`` (the default) or ``"builtin:NAME"`` (:mod:`cryomap.train.builtin`)."""
+    from cryomap.train.builtin import resolve_model
     from cryomap.train.modules import build_network
 
-    path = Path(path)
+    path = resolve_model(path)
     if not path.exists():
         raise BadInputError("not found", path)
     if path.is_dir() or path.suffix == ".safetensors":
@@ -64,27 +66,50 @@ def load_model(path: str | Path) -> LoadedModel:
         weights = run / "model.safetensors" if path.is_dir() else path
         if not info_p.exists() or not weights.exists():
             raise BadInputError("no model.json/model.safetensors: the run did not finish (resume it) or this is not a run folder", run)
-        info = json.loads(info_p.read_text())
-        state = load_file(str(weights))
-        config, in_ch = info["config"], int(info["in_channels"])
+        from cryomap.io.atomic import note_input
+
+        note_input(info_p)
+        note_input(weights)
+        try:
+            info = json.loads(info_p.read_text())
+            config, in_ch = info["config"], int(info["in_channels"])
+            if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or in_ch < 1:
+                raise ValueError("no model section or no input channels")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"model.json is not a cryomap model description ({type(exc).__name__}: {exc})",
+                                info_p) from exc
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:  # safetensors raises its own SafetensorError for a corrupt header or data
+            raise BadInputError(f"not a readable safetensors file ({exc})", weights) from exc
     elif path.suffix == ".ckpt":
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise BadInputError(f"not a loadable checkpoint ({exc})", path) from exc
-        hp = ckpt.get("hyper_parameters", {})
-        if "config" not in hp:
+        hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+        if not isinstance(hp, dict) or "config" not in hp:
             raise BadInputError("checkpoint holds no cryomap config (hyper_parameters.config)", path)
-        config, in_ch = hp["config"], int(hp["in_channels"])
-        sd = ckpt["state_dict"]
-        prefix = "ema.net." if any(k.startswith("ema.net.") for k in sd) else "net."
-        state = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        try:
+            config, in_ch = hp["config"], int(hp["in_channels"])
+            sd = ckpt["state_dict"]
+            prefix = "ema.net." if any(k.startswith("ema.net.") for k in sd) else "net."
+            state = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInputError(f"checkpoint is not a cryomap training checkpoint ({type(exc).__name__}: {exc})",
+                                path) from exc
     else:
         raise BadInputError("expected a run folder, a .ckpt or a .safetensors file", path)
-    net = build_network(config, in_ch)
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise BadInputError(f"weights {bad[0]} hold NaN or infinite values; the model cannot predict", path)
+    try:
+        net = build_network(config, in_ch)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"the model config cannot build a network ({type(exc).__name__}: {exc})", path) from exc
     try:
         net.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise BadInputError(f"weights do not fit the model the config describes ({exc})", path) from exc
     net.eval()
     return LoadedModel(net, config, in_ch)
@@ -161,6 +186,13 @@ def predict_map(
     """
     model = model_path if isinstance(model_path, LoadedModel) else load_model(model_path)
     meta = model.meta
+    if meta.get("source") == "pairs":  # a corpus-trained model: the whole path from particles (learned_map)
+        if particles_star is None:
+            raise BadInputError("this model was trained on a corpus of molecules: give --particles")
+        from cryomap.train.learned_map import predict_particles
+
+        return predict_particles(model, particles_star, samples=samples, steps=steps, sampler=sampler, eta=eta,
+                                 seed=seed, batch=batch, on_step=on_step)[0]
     cond = build_prediction_condition(
         meta, particles_star, target=target, mode=mode, seed=seed, class_averages=class_averages,
         latents=latents, n_images=n_images,

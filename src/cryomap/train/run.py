@@ -96,6 +96,8 @@ def train(
     if launch_rank() == 0 and not resume:
         _write_text(run_dir / "config.yaml", yaml.safe_dump(hparams, sort_keys=False))
     module = module_for(hparams, int(meta["channels"]))
+    if config.init_from and not resume:
+        _init_weights(module, config.init_from)
 
     has_val = _has_val(dm)
     monitor = "val/loss" if has_val else "train/loss"
@@ -133,6 +135,7 @@ def train(
         log_every_n_steps=tcfg.log_every,
         check_val_every_n_epoch=tcfg.val_every_epochs,
         gradient_clip_val=config.optim.grad_clip,
+        accumulate_grad_batches=tcfg.accumulate_grad_batches,
         num_sanity_val_steps=0,
         logger=loggers,
         callbacks=cbs,
@@ -148,6 +151,20 @@ def train(
         export_model(module, hparams, run_dir)
     trainer.strategy.barrier()
     return out
+
+
+def _init_weights(module, source: str) -> None:
+    """Load the weights of a finished run (or a shipped model) into a fresh module (and its EMA copy)."""
+    from cryomap.train.predict import load_model
+
+    loaded = load_model(source)
+    try:
+        module.net.load_state_dict(loaded.net.state_dict())
+    except RuntimeError as exc:
+        raise BadInputError(f"init_from: its network differs from this config's ({exc})", source) from exc
+    ema = getattr(module, "ema", None)
+    if ema is not None:
+        ema.net.load_state_dict(loaded.net.state_dict())
 
 
 class _DropAdverts(logging.Filter):

@@ -1,4 +1,8 @@
-"""Fourier-slice projection of a map in RELION's convention (torch-fourier-slice).
+"""Fourier-slice projection of a map in RELION's convention (torch-fourier-slice): real-space images.
+
+A shared primitive (simulation, reconstruction checks, 2D classification); the Fourier-domain
+slice extraction and insertion that ab initio and refinement use sit beside it in
+:mod:`cryomap.core.backprojector`.
 
 ``image(x, y) = Σ_z V(Aᵀ · (x, y, z))`` with ``A`` the RELION ZYZ matrix of (rot, tilt, psi)
 (:func:`cryomap.core.euler.euler_to_matrix`), x the fast axis and the centre of both the map

@@ -1,0 +1,315 @@
+"""Extraction at scale, side by side with the field's tools, and memory flat in the particle count.
+
+Same input for everyone: 20 micrographs of 4096² float32 MRC, 300 particles each, a CTF per
+micrograph. Every measurement runs in its own process (wall time of the job, peak RSS from
+``ru_maxrss``), all in the same run:
+
+* **cryomap** ``extract`` (1 worker): cut + RELION background normalisation, and the same +
+  phase flip (``--phase-flip``), box 128 and 256, writing ``particles.mrcs`` + ``particles.star``;
+* **ASPIRE 0.14.3** ``CentersCoordinateSource(...).normalize_background()`` and
+  ``.phase_flip().normalize_background()`` (ASPIRE fails on the other order), ``save`` to a stack;
+  from the benchmark-only venv ``.venv-peers`` (skipped with a message when absent);
+* **RELION 3.1** ``relion_preprocess --extract --norm [--phase_flip]`` (Debian's ``relion``; one
+  process; skipped when absent);
+* **numpy floor**: a plain script — memory-map each micrograph, slice the boxes, normalise the
+  background ring, write the stack — the least work Python can do for the job;
+* **read floor**: touching every byte of the same memory-mapped micrographs once.
+
+Then cryomap's extraction + preprocessing (standardize, phase-flip, clahe, guided) of 1,000 and
+100,000 particles (64 px; micrographs reused through links), peak memory of each, ratio ≤ 1.5.
+
+``python -m benchmarks scale``; JSON in ``bench_out/bench_scale.json``. ``CRYOMAP_BENCH_QUICK=1``
+uses 4 micrographs and 1k/10k particles (a smoke run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUICK = os.environ.get("CRYOMAP_BENCH_QUICK") == "1"
+MIC = 4096
+PER_MIC = 300
+APIX = 1.0
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / ".venv-peers" / "bin" / "python"
+
+
+def make_data(root: Path, n_mics: int, box_max: int = 256, mic: int = MIC, per_mic: int = PER_MIC, seed: int = 0) -> Path:
+    """A CryoPPP folder (MRC micrographs, CSV coordinates, a particle STAR with CTF) plus the files
+    ASPIRE (.coord) and RELION (micrographs STAR, per-micrograph coordinate STARs) read."""
+    import numpy as np
+    import pandas as pd
+
+    from cryomap.io.coords import write_cryoppp_csv
+    from cryomap.io.mrc import write_mrc
+    from cryomap.io.star import write_star
+
+    rng = np.random.default_rng(seed)
+    for sub in ("micrographs", "ground_truth/particle_coordinates", "coords"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    particles, mics = [], []
+    for i in range(n_mics):
+        name = f"mic_{i:03d}"
+        write_mrc(root / "micrographs" / f"{name}.mrc", rng.standard_normal((mic, mic), dtype=np.float32), APIX)
+        xy = rng.integers(box_max // 2 + 1, mic - box_max // 2 - 1, size=(per_mic, 2))
+        write_cryoppp_csv(root / "ground_truth" / "particle_coordinates" / f"{name}.csv",
+                          pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "diameter": box_max // 2}), force=True)
+        np.savetxt(root / "coords" / f"{name}.coord", xy, fmt="%d")
+        du = float(rng.uniform(10000, 25000))
+        mics.append({"rlnMicrographName": f"micrographs/{name}.mrc", "rlnDefocusU": du, "rlnDefocusV": du - 200.0,
+                     "rlnDefocusAngle": 30.0, "rlnCtfMaxResolution": 4.0, "rlnCtfFigureOfMerit": 0.3})
+        pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1]}).pipe(
+            lambda df: _write_relion_coords(root / "micrographs" / f"{name}_pick.star", df))
+        for x, y in xy:
+            particles.append({"rlnMicrographName": f"micrographs/{name}.mrc", "rlnCoordinateX": float(x),
+                              "rlnCoordinateY": float(y), "rlnDefocusU": du, "rlnDefocusV": du - 200.0,
+                              "rlnDefocusAngle": 30.0})
+    optics = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1,
+              "rlnMicrographPixelSize": APIX, "rlnMicrographOriginalPixelSize": APIX, "rlnImagePixelSize": APIX}
+    write_star(root / "ground_truth" / "10999_particles_selected.star",
+               pd.DataFrame(particles).assign(**optics), force=True)
+    write_star(root / "micrographs_ctf.star", pd.DataFrame(mics).assign(**{k: v for k, v in optics.items()
+                                                                            if k != "rlnImagePixelSize"}),
+               force=True, block="micrographs")
+    return root
+
+
+def _write_relion_coords(path: Path, df) -> None:
+    import starfile
+
+    starfile.write({"": df}, path, overwrite=True)
+
+
+# --------------------------------------------------------------------------- measured children
+
+def _report(t0: float, n: int) -> None:
+    import resource
+
+    print(json.dumps({"seconds": time.perf_counter() - t0, "particles": n,
+                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def child_cryomap(data: str, out: str, box: int, flip: bool) -> None:
+    t0 = time.perf_counter()
+    from cryomap.particles.extract import extract_particles
+
+    res = extract_particles(data, out, box, phase_flip=flip, force=True, progress=False)
+    _report(t0, res.n_particles)
+
+
+def child_numpy(data: str, out: str, box: int) -> None:
+    """Plain numpy: mmap, slice, normalise the background ring, write one stack."""
+    t0 = time.perf_counter()
+    import mrcfile
+    import numpy as np
+    import pandas as pd
+
+    yy, xx = np.mgrid[:box, :box]
+    ring = (xx - box // 2) ** 2 + (yy - box // 2) ** 2 > (0.75 * box / 2) ** 2
+    mics = sorted((Path(data) / "micrographs").glob("*.mrc"))
+    n = 0
+    with open(Path(out) / "stack.raw", "wb") as fh:
+        for m in mics:
+            xy = pd.read_csv(Path(data) / "ground_truth" / "particle_coordinates" / f"{m.stem}.csv").to_numpy()[:, :2]
+            with mrcfile.mmap(m, mode="r") as mrc:
+                img = mrc.data
+                boxes = np.stack([img[y - box // 2:y + box // 2, x - box // 2:x + box // 2] for x, y in xy.astype(int)])
+            bg = boxes[:, ring]
+            boxes = (boxes - bg.mean(1)[:, None, None]) / bg.std(1)[:, None, None]
+            fh.write(boxes.astype(np.float32).tobytes())
+            n += len(boxes)
+    _report(t0, n)
+
+
+def child_read_floor(data: str) -> None:
+    t0 = time.perf_counter()
+    import numpy as np
+
+    from cryomap.io.mrc import read_mrc
+
+    total = 0.0
+    for m in sorted((Path(data) / "micrographs").glob("*.mrc")):
+        total += float(np.asarray(read_mrc(m, mmap=True).data).sum(dtype=np.float64))
+    _report(t0, 0)
+
+
+ASPIRE_CODE = r'''
+import json, resource, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+import logging; logging.disable(logging.CRITICAL)
+from aspire.source import CentersCoordinateSource
+data, out, box, flip = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+files = [(str(m), str(data / "coords" / (m.stem + ".coord"))) for m in sorted((data / "micrographs").glob("*.mrc"))]
+src = CentersCoordinateSource(files, pixel_size=1.0, particle_size=box)
+if flip:
+    src.import_relion_ctf(str(data / "micrographs_ctf.star"))
+    src = src.phase_flip()
+src = src.normalize_background()
+src.save(str(out / "particles.star"), batch_size=512, overwrite=True)
+print(json.dumps({"seconds": time.perf_counter() - t0, "particles": src.n,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> dict:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or ROOT, env=env)
+    if res.returncode:
+        return {"error": (res.stderr or res.stdout)[-400:].strip().splitlines()[-1:]}
+    lines = [ln for ln in res.stdout.strip().splitlines() if ln.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def run_relion(data: Path, out: Path, box: int, flip: bool) -> dict:
+    """relion_preprocess on the same micrographs and coordinates; wall time and peak RSS (GNU time)."""
+    if shutil.which("relion_preprocess") is None:
+        return {"error": "relion_preprocess not installed (Debian package relion)"}
+    # --coord_dir ./ : RELION 3.1.3 otherwise prepends its default's literal text "ASINPUT" to the path
+    cmd = ["relion_preprocess", "--i", "micrographs_ctf.star", "--coord_dir", "./", "--coord_suffix", "_pick.star", "--part_star",
+           str(out / "particles.star"), "--part_dir", str(out / "Particles") + "/", "--extract", "--extract_size",
+           str(box), "--norm", "--bg_radius", str(int(0.75 * box / 2))] + (["--phase_flip"] if flip else [])
+    timer = shutil.which("time") or "/usr/bin/time"
+    t0 = time.perf_counter()
+    if Path(timer).exists():
+        res = subprocess.run([timer, "-f", "%M", *cmd], capture_output=True, text=True, cwd=data)
+        rss = float(res.stderr.strip().splitlines()[-1]) / 1024 if res.returncode == 0 else None
+    else:
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=data)
+        rss = None
+    if res.returncode:
+        return {"error": (res.stderr or res.stdout).strip().splitlines()[-1:]}
+    if not list((out / "Particles").rglob("*.mrcs")):
+        return {"error": "relion_preprocess wrote no particles: " + res.stdout.strip().splitlines()[-2]}
+    return {"seconds": time.perf_counter() - t0, "maxrss_mb": rss}
+
+
+def extraction_table(data: Path, work: Path) -> list[dict]:
+    rows = []
+    n_particles = len(list((data / "micrographs").glob("*.mrc"))) * PER_MIC
+    floor = _run(_py(f"import benchmarks.bench_scale as b; b.child_read_floor({str(data)!r})"))
+    for box in (128, 256):
+        for flip in (False, True):
+            out = {}
+            d = work / f"cm_{box}_{flip}"
+            out["cryomap"] = _run(_py(f"import benchmarks.bench_scale as b; b.child_cryomap({str(data)!r}, {str(d)!r}, {box}, {flip})"))
+            if PEERS.exists():
+                d = work / f"as_{box}_{flip}"
+                d.mkdir()
+                out["ASPIRE"] = _run([str(PEERS), "-c", ASPIRE_CODE, str(data), str(d), str(box), "1" if flip else "0"], cwd=d)
+            else:
+                out["ASPIRE"] = {"error": "ASPIRE not installed: python -m venv .venv-peers && .venv-peers/bin/pip install aspire==0.14.3"}
+            d = work / f"re_{box}_{flip}"
+            d.mkdir()
+            out["RELION"] = run_relion(data, d, box, flip)
+            if not flip:
+                d = work / f"np_{box}"
+                d.mkdir()
+                out["numpy floor"] = _run(_py(f"import benchmarks.bench_scale as b; b.child_numpy({str(data)!r}, {str(d)!r}, {box})"))
+            cm = out["cryomap"].get("seconds")
+            row = {"box": box, "phase flip": flip, "particles": n_particles}
+            for name, r in out.items():
+                row[f"{name} s"] = round(r["seconds"], 2) if "seconds" in r else r.get("error")
+                if r.get("maxrss_mb"):
+                    row[f"{name} MB"] = round(r["maxrss_mb"])
+                if name != "cryomap" and cm and "seconds" in r:
+                    row[f"{name}/cryomap"] = round(r["seconds"] / cm, 2)
+            row["read floor s"] = round(floor.get("seconds", float("nan")), 2)
+            rows.append(row)
+            for p in work.iterdir():
+                shutil.rmtree(p, ignore_errors=True)
+    return rows
+
+
+def child_scale(data: str, out: str) -> None:
+    """Extraction + preprocessing (standardize, phase-flip, clahe, guided) of everything in ``data``."""
+    t0 = time.perf_counter()
+    from cryomap.particles.extract import extract_particles
+    from cryomap.preprocess.run import run_preprocess
+
+    res = extract_particles(data, Path(out) / "ext", 64, force=True, progress=False)
+    run_preprocess(res.star_path, Path(out) / "pre", [{"step": s} for s in ("standardize", "phase-flip", "clahe", "guided")],
+                   force=True, progress=False)
+    _report(t0, res.n_particles)
+
+
+def memory_table(work: Path) -> list[dict]:
+    """1k and 100k particles (64 px) from 2048² micrographs of 300 particles each (20 real files, linked)."""
+    import shutil as sh
+
+    base = make_data(work / "base", 20, box_max=64, mic=2048, seed=2)
+    rows = []
+    for n in ((1000, 10000) if QUICK else (1000, 100000)):
+        n_mics = -(-n // PER_MIC)
+        root = work / f"n{n}"
+        for sub in ("micrographs", "ground_truth/particle_coordinates"):
+            (root / sub).mkdir(parents=True)
+        import pandas as pd
+
+        from cryomap.io.star import read_star, write_star
+
+        star = read_star(base / "ground_truth" / "10999_particles_selected.star").particles
+        parts = []
+        for i in range(n_mics):
+            src = i % 20
+            (root / "micrographs" / f"m{i:05d}.mrc").symlink_to(base / "micrographs" / f"mic_{src:03d}.mrc")
+            sh.copy(base / "ground_truth" / "particle_coordinates" / f"mic_{src:03d}.csv",
+                    root / "ground_truth" / "particle_coordinates" / f"m{i:05d}.csv")
+            parts.append(star[star.rlnMicrographName == f"micrographs/mic_{src:03d}.mrc"].assign(
+                rlnMicrographName=f"micrographs/m{i:05d}.mrc"))
+        write_star(root / "ground_truth" / "10999_particles_selected.star", pd.concat(parts, ignore_index=True))
+        r = _run(_py(f"import benchmarks.bench_scale as b; b.child_scale({str(root)!r}, {str(work / f'o{n}')!r})"))
+        rows.append({"particles": r.get("particles", n), "peak MB": round(r.get("maxrss_mb", float("nan"))),
+                     "seconds": round(r.get("seconds", float("nan")), 1), **({"error": r["error"]} if "error" in r else {})})
+        sh.rmtree(work / f"o{n}", ignore_errors=True)
+    if all("error" not in r for r in rows):
+        rows.append({"particles": "ratio", "peak MB": round(rows[1]["peak MB"] / rows[0]["peak MB"], 2)})
+    return rows
+
+
+def _print(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    print(" | ".join(keys))
+    for r in rows:
+        print(" | ".join(str(r.get(k, "")) for k in keys))
+
+
+def main() -> None:
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    result = {"load_before": load}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CRYOMAP_BENCH_TMP")) as d:
+        d = Path(d)
+        data = make_data(d / "data", 4 if QUICK else 20)
+        (d / "work").mkdir()
+        t0 = time.perf_counter()
+        result["extraction"] = extraction_table(data, d / "work")
+        _print(f"extraction, {result['extraction'][0]['particles']} particles from 4096² micrographs "
+               f"({time.perf_counter() - t0:.0f} s)", result["extraction"])
+        shutil.rmtree(data)
+        t0 = time.perf_counter()
+        result["memory"] = memory_table(d)
+        _print(f"extraction + preprocessing, peak memory ({time.perf_counter() - t0:.0f} s)", result["memory"])
+    result["load_after"] = os.getloadavg()
+    print(f"load average after: {result['load_after'][0]:.2f} {result['load_after'][1]:.2f} {result['load_after'][2]:.2f}")
+    out = ROOT / "bench_out"
+    out.mkdir(exist_ok=True)
+    (out / "bench_scale.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
