@@ -113,7 +113,7 @@ def demo_config(quick: bool = False, seed: int = 0) -> PipelineConfig:
         {"name": "unet-stack", "condition": "stack", "network": dict(REPORT_UNET) if not quick else
          {"name": "unet3d", "widths": [8, 16, 32], "bottleneck": 32}, "steps": s.train_steps, "lr": s.lr},
         {"name": "diffusion-stack", "condition": "stack", "network": SMALL_DIFFUSION if not quick else
-         {"name": "diffusion", "model_channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
+         {"name": "diffusion", "model_channels": 8, "channel_mult": [1, 2, 2], "attention_resolutions": []},
          "steps": 20 if quick else 150, "diffusion": diffusion, "batch_size": 2,
          "optim": {"schedule": "cosine", "warmup_steps": 5 if quick else 20, "min_lr_ratio": 0.05}},
         {"name": "unet-classes", "condition": "classes-ordered", "network": {"name": "unet3d", "widths": [8, 16, 32],
