@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.tables import print_rows
+
 QUICK = os.environ.get("CRYOMAP_BENCH_QUICK") == "1"
 
 
@@ -224,14 +226,6 @@ def accuracy_table() -> list[dict]:
     return rows
 
 
-def _print(title: str, rows: list[dict]) -> None:
-    print(f"\n{title}")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    print(" | ".join(keys))
-    for r in rows:
-        print(" | ".join(str(r.get(k, "")) for k in keys))
-
-
 def main() -> None:
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
@@ -240,7 +234,7 @@ def main() -> None:
                      ("peak memory, cryomap preprocess", memory_table), ("accuracy vs clean projections", accuracy_table)):
         t0 = time.perf_counter()
         rows = fn()
-        _print(f"{name} ({time.perf_counter() - t0:.0f} s)", rows)
+        print_rows(f"{name} ({time.perf_counter() - t0:.0f} s)", rows)
         out[name] = rows
     out["load_after"] = os.getloadavg()
     print(f"load average after: {out['load_after'][0]:.2f} {out['load_after'][1]:.2f} {out['load_after'][2]:.2f}")

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.tables import print_rows
+
 QUICK = os.environ.get("CRYOMAP_BENCH_QUICK") == "1"
 MIC = 4096
 PER_MIC = 300
@@ -280,14 +282,6 @@ def memory_table(work: Path) -> list[dict]:
     return rows
 
 
-def _print(title: str, rows: list[dict]) -> None:
-    print(f"\n{title}")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    print(" | ".join(keys))
-    for r in rows:
-        print(" | ".join(str(r.get(k, "")) for k in keys))
-
-
 def main() -> None:
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
@@ -298,12 +292,12 @@ def main() -> None:
         (d / "work").mkdir()
         t0 = time.perf_counter()
         result["extraction"] = extraction_table(data, d / "work")
-        _print(f"extraction, {result['extraction'][0]['particles']} particles from 4096² micrographs "
+        print_rows(f"extraction, {result['extraction'][0]['particles']} particles from 4096² micrographs "
                f"({time.perf_counter() - t0:.0f} s)", result["extraction"])
         shutil.rmtree(data)
         t0 = time.perf_counter()
         result["memory"] = memory_table(d)
-        _print(f"extraction + preprocessing, peak memory ({time.perf_counter() - t0:.0f} s)", result["memory"])
+        print_rows(f"extraction + preprocessing, peak memory ({time.perf_counter() - t0:.0f} s)", result["memory"])
     result["load_after"] = os.getloadavg()
     print(f"load average after: {result['load_after'][0]:.2f} {result['load_after'][1]:.2f} {result['load_after'][2]:.2f}")
     out = ROOT / "bench_out"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cryomap.io.mrc import MrcData, read_mrc, write_mrc
+from cryomap.io.mrc import read_mrc, write_mrc
 from cryomap.io.star import format_image_name, write_star
 
 N_PARTICLES = 40

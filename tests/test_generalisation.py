@@ -233,7 +233,6 @@ def test_unposed_particles_are_refused_when_abinitio_is_missing(tiny_run, posed_
 def test_combiner_learns_to_trust_whichever_map_predicts_the_truth():
     from cryomap.train.combiner import apply_combiner, fit_combiner
 
-    rng = np.random.default_rng(0)
     from cryomap.evaluate.filters import low_pass
 
     def case(seed):

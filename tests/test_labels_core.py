@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch_fourier_shell_correlation import fourier_shell_correlation
 
-from cryomap.io.mrc import MrcData, read_map, write_mrc
+from cryomap.io.mrc import MrcData, read_map
 from cryomap.labels import fit_box, make_label, normalize_map, resample_map, threshold_map
 from cryomap.labels.box import MoleculeDoesNotFitError, required_box
 from cryomap.labels.resample import padded_size, resample_with_origin

@@ -6,7 +6,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryomap.io.mrc import MrcData, read_mrc, write_mrc
+from cryomap.io.mrc import MrcData, read_mrc
 from cryomap.labels import make_label, resample_map
 from cryomap.labels.make import make_label_file
 from cryomap.labels.resample import resample_with_origin

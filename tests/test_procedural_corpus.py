@@ -13,7 +13,6 @@ from cryomap.simulate.procedural import (
     build_domain,
     helix_trace,
     procedural_ca,
-    procedural_structure,
     write_procedural,
 )
 

@@ -40,10 +40,18 @@ def test_tour_block_chains_its_outputs():
 
 
 @pytest.mark.slow
-def test_readme_tour_runs_in_order(tmp_path, monkeypatch):
+def test_readme_tour_runs_in_order(tmp_path, monkeypatch, capsys):
+    """Each tour command exits 0, shows no library warning, and the README's claim about its numbers holds."""
+    import warnings
+
     monkeypatch.chdir(tmp_path)
     for args in tour_commands():
-        assert main(args) == 0, " ".join(args)
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            assert main(args) == 0, " ".join(args)
+        err = capsys.readouterr().err
+        assert not [str(w.message) for w in shown], (args[0], [str(w.message) for w in shown])
+        assert not re.search(r"Warning\b|\.py:\d+: ", err), (args[0], err[-2000:])
     assert Path("tour/report.html").is_file()
     physics = json.loads(Path("tour/scores/physics/metrics.json").read_text())
     learned = json.loads(Path("tour/scores/learned/metrics.json").read_text())

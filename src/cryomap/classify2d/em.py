@@ -221,7 +221,7 @@ def _em_pass(data: _Data, al: Aligner, rows: np.ndarray, refs: References, sigma
              on_progress=None) -> _PassResult:
     """E-step and M-step sums over ``rows``; optionally the aligned spectra used for seeding."""
     g = al.grid
-    k, M = refs.k, g.n_psi
+    k = refs.k
     acc = Accumulator(g, k)
     resid = torch.zeros(g.n_rho, dtype=torch.float64)
     n = len(rows)

@@ -29,7 +29,6 @@ def register(app: typer.Typer) -> None:
         import json
         import time
 
-        import numpy as np
         import pandas as pd
 
         from cryomap.errors import BadInputError

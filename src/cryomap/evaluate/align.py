@@ -48,10 +48,15 @@ class Alignment:
 
     def to_dict(self) -> dict:
         """JSON-friendly summary."""
+        import warnings
+
+        with warnings.catch_warnings():  # scipy warns at tilt 0 or 180° (gimbal lock); the angles still give the same rotation
+            warnings.simplefilter("ignore", UserWarning)
+            zyz = Rotation.from_matrix(self.rotation).as_euler("ZYZ", degrees=True)
         return {
             "rotation_matrix_xyz": np.round(self.rotation, 6).tolist(),
             "rotation_angle_deg": round(self.angle_deg, 3),
-            "rotation_euler_zyz_deg": np.round(Rotation.from_matrix(self.rotation).as_euler("ZYZ", degrees=True), 3).tolist(),
+            "rotation_euler_zyz_deg": np.round(zyz, 3).tolist(),
             "shift_px_xyz": np.round(self.shift_px, 3).tolist(),
             "hand_flipped": bool(self.flipped),
             "score": round(self.score, 5),

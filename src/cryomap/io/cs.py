@@ -125,8 +125,9 @@ def cs_to_dataframe(arr: np.ndarray, cs_path: Path | None = None) -> pd.DataFram
             if psize is None:
                 df["rlnOriginX"], df["rlnOriginY"] = shift_px[:, 0], shift_px[:, 1]
             else:
-                df["rlnOriginXAngst"] = shift_px[:, 0] * psize
-                df["rlnOriginYAngst"] = shift_px[:, 1] * psize
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are refused by the table check
+                    df["rlnOriginXAngst"] = shift_px[:, 0] * psize
+                    df["rlnOriginYAngst"] = shift_px[:, 1] * psize
         if f"{prefix}/class" in names and "rlnClassNumber" not in df:
             df["rlnClassNumber"] = np.asarray(arr[f"{prefix}/class"], dtype=np.int64) + 1
     optics = {

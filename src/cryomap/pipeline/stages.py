@@ -308,8 +308,11 @@ def _score(name: str, m: np.ndarray, truth: np.ndarray, apix: float, folder: Pat
     ev = score_map(m, truth, apix, name=name, align=align, seed=seed)
     write_evaluation(folder / slug, ev, pred_path=path, truth_path=truth_path, force=True, save_scored_map=align)
     mm, f = ev.metrics["metrics"], ev.metrics["fsc"]
+    # an aligned map was put on the truth's scale before the alignment (in its own frame), so its Dice is
+    # taken at the contour enclosing the truth's volume; a map already in the truth's frame at the truth's contour
     return {"fsc0.5_A": f["resolution_fsc0.5_A"], "fsc0.143_A": f["resolution_fsc0.143_A"], "cc": mm["cc_mean"],
-            "dice": mm["dice"], "aligned": align}
+            "dice": mm["dice_equal_volume"] if align else mm["dice"],
+            "dice_contour": "equal volume" if align else "truth contour", "aligned": align}
 
 
 def evaluate(ctx: Context, folder: Path) -> dict:

@@ -270,7 +270,6 @@ def abinitio(source, settings: AbinitioSettings | None = None, *, ctf: bool = Tr
     bp, sigma2, model = _sgd(parts, s, krng, model, t_split, s.iterations, bp, sigma2, model, final_A, mask, ops, log,
                              sets, "sgd", progress)
     # final passes: every particle at the final limit, then a full-size reconstruction
-    full_apix = source.pixel_size
     rec = None
     rot_m = shifts = None
     res_limit = final_A

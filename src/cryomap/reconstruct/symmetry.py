@@ -110,7 +110,7 @@ def symmetrise_grid(grids: torch.Tensor, operators: np.ndarray) -> torch.Tensor:
     ops = np.asarray(operators, dtype=np.float64)
     if len(ops) == 1:
         return grids
-    c, L = grids.shape[0], grids.shape[-1]
+    L = grids.shape[-1]
     shifted = torch.fft.fftshift(grids, dim=(-3, -2, -1))[None]  # k = 0 at voxel L//2
     ax = torch.arange(L, dtype=torch.float32, device=grids.device) - L // 2
     z, y, x = torch.meshgrid(ax, ax, ax, indexing="ij")
