@@ -190,7 +190,7 @@ def test_corrupt_micrograph_stops_run_or_is_skipped(tmp_path):
     np.testing.assert_array_equal(np.asarray(read_stack(res.stack_path).data), np.concatenate([good[:3], good[6:]]))
     names = read_star(res.star_path).particles["rlnImageName"]
     assert list(names.str.split("@").str[0].astype(int)) == list(range(1, 7))
-    assert "1 bad micrographs skipped" in res.summary_line()
+    assert "1 bad micrograph skipped" in res.summary_line()
 
 
 def test_coordinates_outside_image_and_no_particles_are_errors(tmp_path):

@@ -55,3 +55,8 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def summary(line: str) -> None:
     """Print the one-line summary that ends a command."""
     console.print(line, highlight=False, soft_wrap=True)
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 micrograph"``, ``"3 micrographs"``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"

@@ -70,11 +70,13 @@ class ExtractResult:
 
     def summary_line(self) -> str:
         """The one-line summary the CLI prints."""
-        line = (f"extracted {self.n_particles} particles ({self.out_box} px, {self.apix:.4g} Å/px) from "
-                f"{self.n_micrographs} micrographs in {self.seconds:.1f} s; {self.n_skipped_edge} skipped at the edge"
+        from cryomap.progress import counted
+
+        line = (f"extracted {counted(self.n_particles, 'particle')} ({self.out_box} px, {self.apix:.4g} Å/px) from "
+                f"{counted(self.n_micrographs, 'micrograph')} in {self.seconds:.1f} s; {self.n_skipped_edge} skipped at the edge"
                 + (f", {self.n_padded} padded" if self.n_padded else ""))
         if self.skipped_micrographs:
-            line += f"; {len(self.skipped_micrographs)} bad micrographs skipped: " + "; ".join(
+            line += f"; {counted(len(self.skipped_micrographs), 'bad micrograph')} skipped: " + "; ".join(
                 f"{name} ({why})" for name, why in self.skipped_micrographs)
         if not self.apix_known:
             line += "; micrograph pixel size unknown (JPEG/PNG without --apix): assumed 1.0 Å/px"
