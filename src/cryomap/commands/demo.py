@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo_out"), "-o", "--out", help="Output folder: every stage's folder, run_summary.json, report.html."),
-        quick: bool = typer.Option(False, "--quick", help="Small sizes for CI (about 3 minutes on 2 CPU cores; the full demo about 15)."),
+        quick: bool = typer.Option(False, "--quick", help="Small sizes for CI (about 1.5 minutes on 2 CPU cores; the full demo about 11.5)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the simulation, splits and training."),
         force: bool = typer.Option(False, "--force", help="Replace OUT if it holds an earlier cryomap run (a finished stage is otherwise reused)."),
     ) -> None:
