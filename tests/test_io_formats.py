@@ -392,3 +392,28 @@ def test_real_stacks_through_their_star_and_cs_files(shared_data, tmp_path):
     back = read_stack(out)
     np.testing.assert_array_equal(np.asarray(back.data), np.asarray(s31.data))
     assert back.apix == pytest.approx(2.806, rel=1e-6)
+
+
+def test_info_covers_every_section_models_and_folders(tmp_path, capsys):
+    """Statistics over the whole stack (not its first 64 images), atomic models, folders described."""
+    import mrcfile
+    import numpy as np
+
+    from cryomap.cli import main
+
+    stack = np.zeros((100, 8, 8), np.float32)
+    stack[99] = 50.0  # only the last image is bright: a 64-image sample would report max 0
+    with mrcfile.new(tmp_path / "s.mrcs") as m:
+        m.set_data(stack)
+        m.voxel_size = 2.0
+    assert main(["info", str(tmp_path / "s.mrcs")]) == 0
+    out = capsys.readouterr().out
+    assert "max 50" in out and "mean 0.5," in out
+    from cryomap.simulate.structure_map import builtin_structures
+
+    assert main(["info", str(builtin_structures()["1BHL"])]) == 0
+    out = capsys.readouterr().out
+    assert "atomic model" in out and "kDa" in out and "residues" in out
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "folder" in out and "s.mrcs" in out

@@ -28,8 +28,7 @@ def _describe_mrc(path: Path, apix: float | None) -> list[str]:
         shape = tuple(int(s) for s in mrc.data.shape)
         kind = "image stack" if mrc.is_image_stack() or path.suffix.lower() == ".mrcs" else (
             "volume" if mrc.is_volume() else "image")
-        data = mrc.data
-        sample = np.asarray(data[: min(len(data), 64)] if data.ndim == 3 else data, dtype=np.float32)
+        lo, hi, mean, std = _stack_statistics(mrc.data)
         lines = [
             f"{path}: MRC {kind}, mode {int(h.mode)} ({mrc.data.dtype}), shape {shape} (z/n, y, x)",
             "pixel size: " + (f"{header_apix:.4f} Å/px" if header_apix else
@@ -37,9 +36,60 @@ def _describe_mrc(path: Path, apix: float | None) -> list[str]:
                                 else str(header_apix_problem(mrc)).replace("header ", "", 1))
                                + (f"; using --apix {apix} Å/px" if apix else "; pass --apix")),
             f"origin: ({float(h.origin.x):g}, {float(h.origin.y):g}, {float(h.origin.z):g}) Å",
-            f"values{(' (first 64 ' + ('sections' if kind == 'volume' else 'images') + ')') if data.ndim == 3 and len(data) > 64 else ''}: "
-            f"min {sample.min():.4g}, max {sample.max():.4g}, mean {sample.mean():.4g}, std {sample.std():.4g}",
+            f"values: min {lo:.4g}, max {hi:.4g}, mean {mean:.4g}, std {std:.4g}",
         ]
+    return lines
+
+
+def _stack_statistics(data: np.ndarray, chunk: int = 256) -> tuple[float, float, float, float]:
+    """(min, max, mean, std) of every value of a memory-mapped map or stack, read ``chunk`` sections at a time."""
+    if data.ndim < 3:
+        data = data[None]
+    lo, hi, total, total_sq, count = np.inf, -np.inf, 0.0, 0.0, 0
+    for start in range(0, len(data), chunk):
+        block = np.asarray(data[start:start + chunk], dtype=np.float64)
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        total += float(block.sum())
+        total_sq += float(np.square(block).sum())
+        count += block.size
+    mean = total / count
+    return lo, hi, mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def _describe_model(path: Path) -> list[str]:
+    """An atomic model (PDB/mmCIF, gzipped or not): chains, residues, atoms, mass and extent."""
+    from cryomap.simulate.structure_map import model_extent, read_model
+
+    st = read_model(path)
+    model = st[0]
+    n_res = sum(len(ch) for ch in model)
+    n_atoms = sum(len(r) for ch in model for r in ch)
+    diameter, mass = model_extent(path)
+    return [f"{path}: atomic model {st.name or path.name}, {len(st)} model{'s' if len(st) != 1 else ''}",
+            f"chains: {len(model)} ({', '.join(ch.name for ch in list(model)[:20])}{', ...' if len(model) > 20 else ''}); "
+            f"{n_res} residues, {n_atoms} atoms (no hydrogens, no water)",
+            f"mass {mass:.1f} kDa, {diameter:.0f} Å across (twice the largest distance from the centre of mass)"]
+
+
+def _describe_folder(path: Path) -> list[str]:
+    """A folder: a CryoPPP dataset (micrographs + coordinates) or a listing of what cryomap can read in it."""
+    from cryomap.io.cryoppp import discover
+
+    try:
+        found = discover(path)
+        if found.usable:  # micrographs with coordinates: a CryoPPP-style dataset
+            return [found.report()]
+    except BadInputError:
+        pass
+    known = (".mrc", ".mrcs", ".map", ".star", ".cs", ".csv", ".box", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    readable = [p for p in files if p.suffix.lower() in known or p.name.lower().endswith((".pdb", ".cif", ".pdb.gz", ".cif.gz"))]
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    lines = [f"{path}: folder, not a CryoPPP dataset (no micrographs/ with coordinates); "
+             f"{len(folders)} sub-folder{'s' if len(folders) != 1 else ''}"
+             + (f" ({', '.join(folders[:10])}{', ...' if len(folders) > 10 else ''})" if folders else "")
+             + f", {len(files)} file{'s' if len(files) != 1 else ''}, {len(readable)} that cryomap can describe"]
+    lines += [f"  {p.name}" for p in readable[:20]] + (["  ..."] if len(readable) > 20 else [])
     return lines
 
 
@@ -67,12 +117,19 @@ def _describe_table(path: Path, df, optics, label: str) -> list[str]:
 
 
 def describe(path: str | Path, apix: float | None = None) -> str:
-    """Describe a map/stack (.mrc/.mrcs/.map), STAR, cryoSPARC .cs, coordinate file or micrograph image."""
+    """Describe a map/stack (.mrc/.mrcs/.map), STAR, cryoSPARC .cs, coordinate file, atomic model,
+    micrograph image or folder (a CryoPPP dataset is summarised). Map statistics cover every section."""
     path = Path(path)
     if not path.exists():
         raise BadInputError("file not found", path)
     suffix = path.suffix.lower()
-    if suffix in (".mrc", ".mrcs", ".map", ".rec", ".st"):
+    from cryomap.simulate.structure_map import STRUCTURE_SUFFIXES
+
+    if path.is_dir():
+        lines = _describe_folder(path)
+    elif path.name.lower().endswith(STRUCTURE_SUFFIXES):
+        lines = _describe_model(path)
+    elif suffix in (".mrc", ".mrcs", ".map", ".rec", ".st"):
         lines = _describe_mrc(path, apix)
     elif suffix == ".star":
         from cryomap.io.star import read_star
@@ -107,5 +164,5 @@ def describe(path: str | Path, apix: float | None = None) -> str:
                  "pixel size: " + (f"{m.apix:.4f} Å/px" if m.apix else "not stored in this format (pass --apix)"),
                  f"values: min {m.data.min():.4g}, max {m.data.max():.4g}, mean {m.data.mean():.4g}"]
     else:
-        raise BadInputError(f"unknown file type {suffix!r} (expected .mrc/.mrcs/.map, .star, .cs, .csv/.box or an image)", path)
+        raise BadInputError(f"unknown file type {suffix!r} (expected .mrc/.mrcs/.map, .star, .cs, .csv/.box, .pdb/.cif(.gz), an image or a folder)", path)
     return "\n".join(lines)
