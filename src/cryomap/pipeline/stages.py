@@ -305,7 +305,7 @@ def _score(name: str, m: np.ndarray, truth: np.ndarray, apix: float, folder: Pat
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     path = folder / f"{slug}.mrc"
     write_mrc(path, m, apix, force=True)
-    ev = score_map(m, truth, apix, name=name, align=align, seed=seed)
+    ev = score_map(m, truth, apix, name=f"{name} [{folder.name}]", align=align, seed=seed)  # [seen] / [unseen]
     write_evaluation(folder / slug, ev, pred_path=path, truth_path=truth_path, force=True, save_scored_map=align)
     mm, f = ev.metrics["metrics"], ev.metrics["fsc"]
     # an aligned map was put on the truth's scale before the alignment (in its own frame), so its Dice is
