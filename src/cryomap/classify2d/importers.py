@@ -98,10 +98,18 @@ def _reaverage(source, classes: np.ndarray, psi_deg: np.ndarray, origins_A: np.n
             "mask_diameter_A": mask_A, "ctf": use_ctf}
 
 
-def _finish(out_dir: Path, table_or_source, averages: np.ndarray, apix: float, classes: np.ndarray,
-            psi: np.ndarray, origins: np.ndarray, maxp: np.ndarray, tool_res: np.ndarray | None,
-            reavg: dict | None, info: dict, top: int | None, force: bool, numbers: np.ndarray | None = None) -> Path:
+def _finish(out_dir: Path, source, why: str | None, table, averages: np.ndarray, apix: float, classes: np.ndarray,
+            psi: np.ndarray, origins: np.ndarray, maxp: np.ndarray, tool_res: np.ndarray | None, info: dict,
+            top: int | None, force: bool, *, reaverage: bool, mask_diameter_A: float | None, seed: int,
+            numbers: np.ndarray | None = None) -> Path:
+    """Re-average the tool's classes from its poses when the particle images could be read (``source``;
+    else ``why`` says why not), rank and write the classify2d layout."""
     k = len(averages)
+    reavg = None
+    if source is not None and reaverage:
+        reavg = _reaverage(source, classes, psi, origins, k, mask_diameter_A, averages, seed)
+    elif why:
+        info["particle_images"] = f"not read: {why}"
     counts = np.bincount(classes[classes >= 0], minlength=k)[:k]
     resolution = np.full(k, np.nan) if tool_res is None else np.asarray(tool_res, float)
     source_of_res = "tool" if tool_res is not None else "none"
@@ -113,7 +121,7 @@ def _finish(out_dir: Path, table_or_source, averages: np.ndarray, apix: float, c
     info["resolution_source"] = source_of_res
     out = ClassOutput(averages, resolution, counts, apix, classes, psi, origins, maxp, original_numbers=numbers,
                       info=info)
-    return write_class_output(out_dir, table_or_source, out, top=top, force=force)
+    return write_class_output(out_dir, source if source is not None else table, out, top=top, force=force)
 
 
 # ---------------------------------------------------------------------- cryoSPARC
@@ -148,13 +156,8 @@ def import_cryosparc(particles_cs: str | Path, classes_mrc: str | Path, out_dir:
     if px is None:
         raise BadInputError("no pixel size in the class stack or the particles; give --apix", classes_mrc)
     info = {"imported_from": "cryosparc", "particles": str(particles_cs), "classes": str(classes_mrc)}
-    reavg = None
-    if source is not None and reaverage:
-        reavg = _reaverage(source, classes, psi, origins, k, mask_diameter_A, averages, seed)
-    elif why:
-        info["particle_images"] = f"not read: {why}"
-    return _finish(out_dir, source if source is not None else table, averages, px, classes, psi, origins, maxp,
-                   tool_res, reavg, info, top, force)
+    return _finish(out_dir, source, why, table, averages, px, classes, psi, origins, maxp, tool_res, info, top, force,
+                   reaverage=reaverage, mask_diameter_A=mask_diameter_A, seed=seed)
 
 
 def _cryosparc_class_resolution(classes_mrc: Path, k: int) -> np.ndarray | None:
@@ -239,10 +242,5 @@ def import_relion(model_star: str | Path, out_dir: str | Path, *, top: int | Non
     if px is None:
         raise BadInputError("no pixel size in the particles or the class stack; give --apix", data_star)
     info = {"imported_from": "relion", "model": str(model_star), "classes": str(stack), "particles": str(data_star)}
-    reavg = None
-    if source is not None and reaverage:
-        reavg = _reaverage(source, classes, psi, origins, k, mask_diameter_A, averages, seed)
-    elif why:
-        info["particle_images"] = f"not read: {why}"
-    return _finish(out_dir, source if source is not None else table, averages, px, classes, psi, origins, maxp,
-                   tool_res, reavg, info, top, force)
+    return _finish(out_dir, source, why, table, averages, px, classes, psi, origins, maxp, tool_res, info, top, force,
+                   reaverage=reaverage, mask_diameter_A=mask_diameter_A, seed=seed)
