@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         list_: bool = typer.Option(False, "--list", help="List the built-in structures and exit."),
     ) -> None:
         """Simulate micrographs, coordinates, STAR, truth map and clean particles from atomic models."""
-        from cryomap.progress import summary
+        from cryomap.progress import counted, summary
         from cryomap.simulate.structure_map import builtin_structures, model_extent
 
         if list_:
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         finally:
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
-        summary(f"simulated {len(folders)} target{'' if len(folders) == 1 else 's'} × {particles} particles at {apix} Å/px, SNR {snr}, "
+        summary(f"simulated {counted(len(folders), 'target')} × {particles} particles at {apix} Å/px, SNR {snr}, "
                 f"in {time.perf_counter() - t0:.1f} s → {out}/ ({', '.join(f.name for f in folders)})")
 
 

@@ -57,9 +57,11 @@ class CtfRunResult:
     notes: list[str] = field(default_factory=list)
 
     def summary_line(self) -> str:
+        from cryomap.progress import counted
+
         t = self.table
         mean = (t.rlnDefocusU + t.rlnDefocusV) / 2
-        line = (f"fitted the CTF of {len(t)} micrograph{'' if len(t) == 1 else 's'} in {self.seconds:.1f} s: median defocus {mean.median():.0f} Å "
+        line = (f"fitted the CTF of {counted(len(t), 'micrograph')} in {self.seconds:.1f} s: median defocus {mean.median():.0f} Å "
                 f"({mean.min():.0f}–{mean.max():.0f}), median astigmatism {(t.rlnDefocusU - t.rlnDefocusV).median():.0f} Å, "
                 f"median FOM {t.rlnCtfFigureOfMerit.median():.3f}, rings fitted to {t.rlnCtfMaxResolution.median():.1f} Å")
         if self.patches:

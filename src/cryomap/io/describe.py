@@ -58,6 +58,7 @@ def _stack_statistics(data: np.ndarray, chunk: int = 256) -> tuple[float, float,
 
 def _describe_model(path: Path) -> list[str]:
     """An atomic model (PDB/mmCIF, gzipped or not): chains, residues, atoms, mass and extent."""
+    from cryomap.progress import counted
     from cryomap.simulate.structure_map import model_extent, read_model
 
     st = read_model(path)
@@ -65,7 +66,7 @@ def _describe_model(path: Path) -> list[str]:
     n_res = sum(len(ch) for ch in model)
     n_atoms = sum(len(r) for ch in model for r in ch)
     diameter, mass = model_extent(path)
-    return [f"{path}: atomic model {st.name or path.name}, {len(st)} model{'s' if len(st) != 1 else ''}",
+    return [f"{path}: atomic model {st.name or path.name}, {counted(len(st), 'model')}",
             f"chains: {len(model)} ({', '.join(ch.name for ch in list(model)[:20])}{', ...' if len(model) > 20 else ''}); "
             f"{n_res} residues, {n_atoms} atoms (no hydrogens, no water)",
             f"mass {mass:.1f} kDa, {diameter:.0f} Å across (twice the largest distance from the centre of mass)"]
@@ -74,6 +75,8 @@ def _describe_model(path: Path) -> list[str]:
 def _describe_folder(path: Path) -> list[str]:
     """A folder: a CryoPPP dataset (micrographs + coordinates) or a listing of what cryomap can read in it."""
     from cryomap.io.cryoppp import discover
+    from cryomap.progress import counted
+    from cryomap.simulate.structure_map import STRUCTURE_SUFFIXES
 
     try:
         found = discover(path)
@@ -83,12 +86,12 @@ def _describe_folder(path: Path) -> list[str]:
         pass
     known = (".mrc", ".mrcs", ".map", ".star", ".cs", ".csv", ".box", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    readable = [p for p in files if p.suffix.lower() in known or p.name.lower().endswith((".pdb", ".cif", ".pdb.gz", ".cif.gz"))]
+    readable = [p for p in files if p.suffix.lower() in known or p.name.lower().endswith(STRUCTURE_SUFFIXES)]
     folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     lines = [f"{path}: folder, not a CryoPPP dataset (no micrographs/ with coordinates); "
-             f"{len(folders)} sub-folder{'s' if len(folders) != 1 else ''}"
+             f"{counted(len(folders), 'sub-folder')}"
              + (f" ({', '.join(folders[:10])}{', ...' if len(folders) > 10 else ''})" if folders else "")
-             + f", {len(files)} file{'s' if len(files) != 1 else ''}, {len(readable)} that cryomap can describe"]
+             + f", {counted(len(files), 'file')}, {len(readable)} that cryomap can describe"]
     lines += [f"  {p.name}" for p in readable[:20]] + (["  ..."] if len(readable) > 20 else [])
     return lines
 
