@@ -29,3 +29,22 @@ def _few_threads():
     except ImportError:  # pragma: no cover
         pass
     yield
+
+
+def chromium() -> str | None:
+    """The headless browser on PATH (Debian's ``chromium``; .ci/run installs it), or None."""
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def run_chromium(page: Path, action: str, profile: Path, window: str, *extra: str, timeout: float = 180):
+    """Run headless Chromium once on ``page`` (``action``: ``--dump-dom`` or ``--screenshot=PNG``); the
+    finished process. No network, no first-run work, a throw-away profile."""
+    import subprocess
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", f"--window-size={window}", *extra]
+    return subprocess.run([chromium(), *flags, action, page.resolve().as_uri()], capture_output=True, text=True,
+                          timeout=timeout)

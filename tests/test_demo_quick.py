@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import chromium, run_chromium
 
 from cryomap.cli import main
 
@@ -74,10 +74,6 @@ def test_quick_demo_runs_every_stage_and_writes_a_self_contained_report(quick_de
     assert len(list((out / "evaluate").glob("*/*/metrics.json"))) == n_maps
 
 
-def _chromium() -> str | None:
-    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 #: Injected into a copy of the page: after load, the body records how many images decoded.
 _COUNT_IMAGES = ("<script>window.addEventListener('load', () => {const im = [...document.images];"
                  "document.body.dataset.total = im.length;"
@@ -85,7 +81,7 @@ _COUNT_IMAGES = ("<script>window.addEventListener('load', () => {const im = [...
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on PATH (.ci/run installs Debian's `chromium`)")
+@pytest.mark.skipif(chromium() is None, reason="no headless Chromium on PATH (.ci/run installs Debian's `chromium`)")
 def test_quick_demo_report_loads_every_figure_in_headless_chromium(quick_demo, tmp_path):
     """The demo's page, rendered by a real browser: every <img> decodes and the page is not blank."""
     from PIL import Image
@@ -93,11 +89,8 @@ def test_quick_demo_report_loads_every_figure_in_headless_chromium(quick_demo, t
     out, _ = quick_demo
     page = tmp_path / "report.html"
     page.write_text((out / "report.html").read_text().replace("</body>", _COUNT_IMAGES + "</body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400", "--virtual-time-budget=10000"]
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=180)
+    window, budget = "1200,2400", "--virtual-time-budget=10000"
+    dom = run_chromium(page, "--dump-dom", tmp_path / "profile", window, budget)
     assert dom.returncode == 0, dom.stderr[-2000:]
     total = re.search(r'data-total="(\d+)"', dom.stdout)
     loaded = re.search(r'data-loaded="(\d+)"', dom.stdout)
@@ -105,8 +98,7 @@ def test_quick_demo_report_loads_every_figure_in_headless_chromium(quick_demo, t
     assert int(total.group(1)) >= 6
     assert loaded.group(1) == total.group(1), f"{loaded.group(1)} of {total.group(1)} figures loaded"
     shot = tmp_path / "shot.png"
-    run = subprocess.run([_chromium(), *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True,
-                         text=True, timeout=180)
+    run = run_chromium(page, f"--screenshot={shot}", tmp_path / "profile", window, budget)
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert (pixels < 200).mean() > 0.02 and pixels.std() > 20  # figures drawn, not a flat page

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import chromium, run_chromium
+
 from cryomap.cli import main
 from cryomap.evaluate.filters import low_pass
 from cryomap.evaluate.report import build_report
@@ -121,33 +123,20 @@ def test_evaluate_cli_rejects_maps_on_different_grids(run_dir, tmp_path, capsys)
     assert not (tmp_path / "ev").exists()
 
 
-def _chromium() -> str | None:
-    import shutil
-
-    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on PATH (Debian package `chromium`)")
+@pytest.mark.skipif(chromium() is None, reason="no headless Chromium on PATH (Debian package `chromium`)")
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     """The page loads in a real browser and draws its figures (not a blank or broken page)."""
-    import subprocess
-
     from PIL import Image
 
     page = build_report(run_dir, tmp_path / "report.html")
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000"]
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page.resolve().as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    dom = run_chromium(page, "--dump-dom", tmp_path / "profile", "1200,3000", timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     refs = _Refs()
     refs.feed(dom.stdout)
     assert len(refs.imgs) >= 6 and "FSC 0.143 (Å)" in dom.stdout
-    run = subprocess.run([_chromium(), *flags, f"--screenshot={shot}", page.resolve().as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    run = run_chromium(page, f"--screenshot={shot}", tmp_path / "profile", "1200,3000", timeout=120)
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     # figures drawn: a good share of the page is not white, and it is not one flat colour
