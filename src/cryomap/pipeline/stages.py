@@ -177,6 +177,13 @@ def _write(path: Path, data: np.ndarray, apix: float) -> str:
     return str(path)
 
 
+def _write_reconstruction(folder: Path, stem: str, rec) -> dict:
+    """``STEM.mrc`` and ``STEM_half1/2.mrc`` of a reconstruction in ``folder``; their paths and Å/voxel."""
+    return {"map": _write(folder / f"{stem}.mrc", rec.full, rec.apix),
+            "half1": _write(folder / f"{stem}_half1.mrc", rec.half1, rec.apix),
+            "half2": _write(folder / f"{stem}_half2.mrc", rec.half2, rec.apix), "apix": rec.apix}
+
+
 def reconstruct(ctx: Context, folder: Path) -> dict:
     """The seen target from its true poses (oracle); the unseen target by ab initio + refine (or its poses)."""
     from cryomap.cli import app
@@ -190,10 +197,8 @@ def reconstruct(ctx: Context, folder: Path) -> dict:
         src = open_particles(stars[cfg.seen.predict])
         if src.has_poses:
             rec, _, _ = reconstruct_source(src, ctf=src.has_ctf, seed=cfg.seed)
-            out["seen"] = {"map": _write(folder / "seen_oracle.mrc", rec.full, rec.apix),
-                           "half1": _write(folder / "seen_oracle_half1.mrc", rec.half1, rec.apix),
-                           "half2": _write(folder / "seen_oracle_half2.mrc", rec.half2, rec.apix),
-                           "apix": rec.apix, "fsc0.143_A": rec.resolution(0.143), "poses": "true (simulated)"}
+            out["seen"] = {**_write_reconstruction(folder, "seen_oracle", rec), "fsc0.143_A": rec.resolution(0.143),
+                           "poses": "true (simulated)"}
     if cfg.unseen is not None:
         u = cfg.unseen
         star = Path(stars[u.target])
@@ -222,10 +227,8 @@ def reconstruct(ctx: Context, folder: Path) -> dict:
                              "apix": src.pixel_size, "poses": "ab initio + refine (hand unknown)", "refine": info}
         else:
             rec, _, _ = reconstruct_source(src, ctf=src.has_ctf, seed=cfg.seed)
-            out["unseen"] = {"map": _write(folder / "unseen.mrc", rec.full, rec.apix),
-                             "half1": _write(folder / "unseen_half1.mrc", rec.half1, rec.apix),
-                             "half2": _write(folder / "unseen_half2.mrc", rec.half2, rec.apix),
-                             "particles": str(star), "apix": rec.apix, "poses": "the particles' own"}
+            out["unseen"] = {**_write_reconstruction(folder, "unseen", rec), "particles": str(star),
+                             "poses": "the particles' own"}
     return out
 
 
