@@ -16,7 +16,8 @@ Tables (all measured in the same run, one process per memory measurement):
    3.2 Å/px), plus the CLAHE 8/16-bit trade.
 
 ``python -m benchmarks preprocess``; JSON in ``bench_out/bench_preprocess.json``. Environment:
-``CRYOMAP_BENCH_QUICK=1`` shrinks every size (a smoke run).
+``CRYOMAP_BENCH_QUICK=1`` shrinks every size (a smoke run); ``CRYOMAP_BENCH_PRE_PARTS`` picks tables
+(``speed,topaz,memory,accuracy``, the default all four; a partial run updates those tables in the JSON).
 """
 
 from __future__ import annotations
@@ -229,16 +230,22 @@ def accuracy_table() -> list[dict]:
 def main() -> None:
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    out = {"load_before": load}
-    for name, fn in (("classical chain speed", speed_table), ("Topaz denoising", topaz_table),
-                     ("peak memory, cryomap preprocess", memory_table), ("accuracy vs clean projections", accuracy_table)):
+    parts = os.environ.get("CRYOMAP_BENCH_PRE_PARTS", "speed,topaz,memory,accuracy").split(",")
+    dest = Path(__file__).parent.parent / "bench_out"
+    previous = dest / "bench_preprocess.json"
+    out = json.loads(previous.read_text()) if previous.exists() and len(parts) < 4 else {}  # a partial run updates its tables
+    out["load_before"] = load
+    for key, name, fn in (("speed", "classical chain speed", speed_table), ("topaz", "Topaz denoising", topaz_table),
+                          ("memory", "peak memory, cryomap preprocess", memory_table),
+                          ("accuracy", "accuracy vs clean projections", accuracy_table)):
+        if key not in parts:
+            continue
         t0 = time.perf_counter()
         rows = fn()
         print_rows(f"{name} ({time.perf_counter() - t0:.0f} s)", rows)
         out[name] = rows
     out["load_after"] = os.getloadavg()
     print(f"load average after: {out['load_after'][0]:.2f} {out['load_after'][1]:.2f} {out['load_after'][2]:.2f}")
-    dest = Path(__file__).parent.parent / "bench_out"
     dest.mkdir(exist_ok=True)
     (dest / "bench_preprocess.json").write_text(json.dumps(out, indent=1))
 

@@ -38,6 +38,10 @@ _QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # a dataset without a validation split (by design: val_fraction 0) gives Lightning an empty val loader
     (r".*Total length of .* across ranks is zero", UserWarning),
     (r".*isinstance\(treespec, LeafSpec\).*", Warning),
+    # `cryomap train --resume` reopens its own run folder on purpose: the checkpoints stay and the CSV
+    # rows logged before the checkpoint are merged back (cryomap.train.run._merge_csv_log)
+    (r"Experiment logs directory .* exists and is not empty", UserWarning),
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
 )
 
 

@@ -22,10 +22,11 @@ def register(app: typer.Typer) -> None:
         refine: bool = typer.Option(False, "--refine/--no-refine", help="Corpus-trained models: refine the given poses (cryomap refine) before the half maps, when installed."),
         symmetry: str = typer.Option("C1", "--symmetry", help="Corpus-trained models: point-group symmetry of the half-map reconstruction (RELION names)."),
         samples: int = typer.Option(None, "--samples", help="Diffusion: samples K averaged into the map (default 4); their per-voxel std goes to MAP_std.mrc."),
-        steps: int = typer.Option(None, "--steps", help="Diffusion: sampling steps (default 50)."),
+        steps: int = typer.Option(None, "--steps", help="Diffusion: sampling steps (default: the model's own, config.diffusion.sample_steps; 50 if unset)."),
         sampler: str = typer.Option("ddim", "--sampler", help="Diffusion: ddim or ddpm (ancestral)."),
         eta: float = typer.Option(None, "--eta", help="Diffusion: DDIM η (0 = deterministic)."),
         batch: int = typer.Option(1, "--batch", min=1, help="Diffusion: samples run through the network together (faster, more memory; same result for η = 0)."),
+        rotations: int = typer.Option(None, "--rotations", help="U-Net on half maps: average its maps over this many of the 24 cube rotations of the input, each turned back (default: the model's own, config.predict.rotations; the shipped halfmaps-unet: 24)."),
         seed: int = typer.Option(0, "--seed", help="Seed for particle draws, half sets and sampling noise."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     ) -> None:
@@ -39,6 +40,8 @@ def register(app: typer.Typer) -> None:
         if model_arg and model_opt and model_arg != model_opt:
             raise BadInputError(f"two models given: {model_arg} and --model {model_opt}")
         spec = model_opt or model_arg or "builtin"
+        if rotations is not None and not 1 <= rotations <= 24:
+            raise BadInputError(f"--rotations must be 1…24 (cube rotations averaged), got {rotations}")
         from cryomap.io.atomic import check_output
 
         # a folder, or a file below a file, is refused before the model loads; so is an output that is an input
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
                     raise BadInputError("give --particles: this model predicts from any particles (posed, or unposed once ab initio is installed)")
                 pred, info = predict_particles(loaded, particles, refine=refine, symmetry=symmetry, samples=samples,
                                                steps=steps, sampler=sampler, eta=eta, seed=seed, batch=batch,
-                                               on_step=lambda i: bar.advance(task))
+                                               on_step=lambda i: bar.advance(task), rotations=rotations)
             else:
                 pred = predict_map(loaded, particles, target=target, mode=mode, samples=samples, steps=steps,
                                    sampler=sampler, eta=eta, seed=seed, class_averages=class_averages, latents=latents,

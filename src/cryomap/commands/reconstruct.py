@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         mask_diameter: float = typer.Option(None, "--mask-diameter", help="Diameter (Å) of the soft spherical solvent mask (default: measured on the map; 0: only RELION's box/2 sphere)."),
         max_particles: int = typer.Option(None, "--max-particles", help="Use at most this many particles (random subset, seeded)."),
         workers: int = typer.Option(1, "--workers", help="Worker processes (each sums its share of the particles into its own grids)."),
+        threads: int = typer.Option(2, "--threads", help="1: sum the two half sets one after the other; 2: at once, in two threads (the same bytes)."),
         seed: int = typer.Option(0, "--seed", help="Seed for the particle subset and the half-set split."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     ) -> None:
@@ -51,6 +52,8 @@ def register(app: typer.Typer) -> None:
         sym = canonical_name(symmetry)  # an unknown group is refused before anything is read
         if workers < 1:
             raise BadInputError(f"--workers must be at least 1, got {workers}")
+        if threads < 1:
+            raise BadInputError(f"--threads must be at least 1, got {threads}")
         if max_particles is not None and max_particles < 1:
             raise BadInputError(f"--max-particles must be at least 1, got {max_particles}")
         lam = DEFAULT_WIENER_CONSTANT if wiener_constant is None else float(wiener_constant)
@@ -63,7 +66,7 @@ def register(app: typer.Typer) -> None:
         with progress_bar() as bar:
             task = bar.add_task("backprojecting", total=len(source))
             rec, sets, from_table = reconstruct_source(source, ctf=not no_ctf, symmetry=sym, wiener_constant=lam,
-                                                       seed=seed, workers=workers, mask_diameter_A=mask_diameter,
+                                                       seed=seed, workers=workers, threads=min(threads, 2), mask_diameter_A=mask_diameter,
                                                        progress=lambda k: bar.advance(task, k))
         apix = source.pixel_size
         written = [out]

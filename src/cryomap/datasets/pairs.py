@@ -261,3 +261,16 @@ def cube_rotation(volume: np.ndarray, k: int) -> np.ndarray:
     else:
         v = np.rot90(v, -1, axes=(z, y))
     return np.rot90(v, k % 4, axes=(y, x))
+
+
+def inverse_cube_rotation(volume: np.ndarray, k: int) -> np.ndarray:
+    """Undo :func:`cube_rotation` ``k``: ``inverse_cube_rotation(cube_rotation(v, k), k) == v`` exactly."""
+    if not 0 <= int(k) < 24:
+        raise ValueError(f"cube rotation index must be 0…23, got {k}")
+    k = int(k)
+    z, y, x = volume.ndim - 3, volume.ndim - 2, volume.ndim - 1
+    face = k // 4
+    v = np.rot90(volume, -(k % 4), axes=(y, x))
+    if face < 4:
+        return np.rot90(v, -face, axes=(z, x))
+    return np.rot90(v, -1 if face == 4 else 1, axes=(z, y))

@@ -112,20 +112,27 @@ def apply_combiner(learned: np.ndarray, cond: np.ndarray, combiner: dict, apix: 
 
 
 def calibrate(model, pairs_dir, split: str = "val", max_pairs: int | None = None, progress=None,
-              samples: int | None = None, steps: int | None = None) -> dict:
+              samples: int | None = None, steps: int | None = None, per_molecule: int | None = None) -> dict:
     """Fit the combiner of a halfmaps model on the ``split`` pairs of a pair cache (its validation molecules).
 
     A diffusion model is calibrated on the mean of ``samples`` samples of ``steps`` DDIM steps
-    (its defaults when None).
+    (its defaults when None). ``per_molecule`` keeps the first that many pairs of each molecule
+    (every molecule still counts, at a fraction of the sampling time), ``max_pairs`` the first pairs.
     """
     from cryomap.datasets.pairs import PairCache
     from cryomap.train.predict import predict_from_condition
 
     cache = PairCache.load(pairs_dir)
     arrays, records = cache.arrays(split, ("cond", "label"))
-    n = len(records) if max_pairs is None else min(max_pairs, len(records))
+    chosen, taken = [], {}
+    for i, rec in enumerate(records):
+        k = taken.get(rec["molecule"], 0)
+        if per_molecule is None or k < per_molecule:
+            chosen.append(i)
+            taken[rec["molecule"]] = k + 1
+    chosen = chosen if max_pairs is None else chosen[:max_pairs]
     triples = []
-    for i in range(n):
+    for i in chosen:
         cond = arrays["cond"][i].astype(np.float32)
         learned, _ = predict_from_condition(model, cond, samples=samples, steps=steps, batch=samples or 1)
         triples.append((learned, cond, arrays["label"][i, 0].astype(np.float32)))
@@ -133,13 +140,13 @@ def calibrate(model, pairs_dir, split: str = "val", max_pairs: int | None = None
             progress(1)
     apix = float(np.mean(cache.data["ranges"]["apix"]))
     comb = fit_combiner(triples, cache.box, apix)
-    comb.update({"split": split, "molecules": sorted({r["molecule"] for r in records[:n]})})
+    comb.update({"split": split, "molecules": sorted({records[i]["molecule"] for i in chosen}), "pairs": len(chosen)})
     return comb
 
 
 def calibrate_run(run_dir, pairs_dir=None, split: str = "val", samples: int | None = None,
-                  steps: int | None = None) -> dict:
-    """Calibrate a finished halfmaps U-Net run and store the weights in its ``model.json`` (``config.combiner``)."""
+                  steps: int | None = None, per_molecule: int | None = None) -> dict:
+    """Calibrate a finished halfmaps run (U-Net or diffusion) and store the weights in its ``model.json`` (``config.combiner``)."""
     import json
     from pathlib import Path
 
@@ -149,7 +156,7 @@ def calibrate_run(run_dir, pairs_dir=None, split: str = "val", samples: int | No
     run = Path(run_dir)
     model = load_model(run)
     pairs_dir = pairs_dir or model.meta["pairs_dir"]
-    comb = calibrate(model, pairs_dir, split, samples=samples, steps=steps)
+    comb = calibrate(model, pairs_dir, split, samples=samples, steps=steps, per_molecule=per_molecule)
     info = json.loads((run / "model.json").read_text())
     info["config"]["combiner"] = comb
     with atomic_path(run / "model.json", force=True) as tmp:

@@ -189,7 +189,7 @@ def halfmaps_from_particles(particles: str | Path, *, wiener_constant: float | N
 
 def learned_map_from_halfmaps(model, half1: np.ndarray, half2: np.ndarray, apix: float, *, samples: int | None = None,
                               steps: int | None = None, sampler: str = "ddim", eta: float | None = None, seed: int = 0,
-                              batch: int = 1, on_step=None, combine: bool = True):
+                              batch: int = 1, on_step=None, combine: bool = True, rotations: int | None = None):
     """A halfmaps model's map (and std) on the grid of the half maps (box, ``apix`` Å/px).
 
     With ``combine`` and a calibrated model (``config.combiner``), the network's map is combined
@@ -205,7 +205,7 @@ def learned_map_from_halfmaps(model, half1: np.ndarray, half2: np.ndarray, apix:
     plan = plan_grid(h1.shape[0], apix, model_voxel(meta, apix), network_multiple(model))
     cond = normalise_halfmaps(to_model_grid(h1, plan), to_model_grid(h2, plan))
     out, std = predict_from_condition(model, cond, samples=samples, steps=steps, sampler=sampler, eta=eta, seed=seed,
-                                      batch=batch, on_step=on_step)
+                                      batch=batch, on_step=on_step, rotations=rotations)
     if combine and model.config.get("combiner"):
         from cryomap.train.combiner import apply_combiner
 
@@ -234,7 +234,7 @@ def learned_map_from_stack(model, images: np.ndarray, apix: float, *, seed: int 
 
 def predict_particles(model, particles: str | Path, *, refine: bool = False, symmetry: str = "C1", samples: int | None = None,
                       steps: int | None = None, sampler: str = "ddim", eta: float | None = None, seed: int = 0,
-                      batch: int = 1, on_step=None):
+                      batch: int = 1, on_step=None, rotations: int | None = None):
     """The learned map (and, for diffusion, the std map) of the particles of ``particles``, on their own grid.
 
     Returns ``(Prediction, info)``; ``info`` says how the half maps were made and the model grid.
@@ -255,7 +255,7 @@ def predict_particles(model, particles: str | Path, *, refine: bool = False, sym
     h1, h2, apix, info = halfmaps_from_particles(particles, wiener_constant=wc, refine=refine,
                                                  symmetry=symmetry, seed=seed)
     pred, plan = learned_map_from_halfmaps(model, h1, h2, apix, samples=samples, steps=steps, sampler=sampler, eta=eta,
-                                           seed=seed, batch=batch, on_step=on_step)
+                                           seed=seed, batch=batch, on_step=on_step, rotations=rotations)
     info.update({"condition": "halfmaps", "model_grid": f"{plan.n}³ at {plan.model_apix:.3f} Å/voxel",
                  "particle_grid": f"{plan.box}³ at {plan.apix:g} Å/px"})
     return pred, info

@@ -127,18 +127,37 @@ def predict_from_condition(
     seed: int = 0,
     batch: int = 1,
     on_step=None,
+    rotations: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Run the model on one condition (C, D, D, D) → (map (D, D, D) in label units, std or None).
 
     Diffusion: K = ``samples`` (config default 4) samples with ``steps`` DDIM/DDPM steps (default
     50); x ∈ [−1, 1] is mapped back to labels by (x + 1)/2, the std by ½. ``batch`` samples run
     through the network together (faster, more memory; the result does not depend on it for η = 0).
+
+    U-Net: ``rotations`` R (default ``config.predict.rotations``, else 1) averages the network's
+    maps of the condition turned by the first R of the 24 cube rotations, each turned back
+    (:func:`cryomap.datasets.pairs.cube_rotation`): the network was trained on conditions under
+    all 24, so the average is the part of its answer that does not depend on the frame (R = 24:
+    exactly equivariant under the cube group). Costs R forward passes.
     """
     cond = torch.as_tensor(np.asarray(condition, dtype=np.float32))[None]
     if cond.shape[1] != model.in_channels:
         raise BadInputError(f"condition has {cond.shape[1]} channels, the model takes {model.in_channels}")
     if model.name != "diffusion":
-        return model.net(cond)[0, 0].numpy(), None
+        r = int(rotations or model.config.get("predict", {}).get("rotations", 1))
+        if not 1 <= r <= 24:
+            raise BadInputError(f"rotations must be 1…24 (cube rotations averaged), got {r}")
+        if r == 1:
+            return model.net(cond)[0, 0].numpy(), None
+        from cryomap.datasets.pairs import cube_rotation, inverse_cube_rotation
+
+        c = cond[0].numpy()
+        total = np.zeros(c.shape[1:], np.float64)
+        for k in range(r):
+            turned = torch.from_numpy(np.ascontiguousarray(cube_rotation(c, k)))[None]
+            total += inverse_cube_rotation(model.net(turned)[0, 0].numpy(), k)
+        return (total / r).astype(np.float32), None
     from cryomap.train.modules import build_diffusion
 
     d = model.config["diffusion"]
