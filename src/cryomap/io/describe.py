@@ -59,13 +59,13 @@ def _stack_statistics(data: np.ndarray, chunk: int = 256) -> tuple[float, float,
 def _describe_model(path: Path) -> list[str]:
     """An atomic model (PDB/mmCIF, gzipped or not): chains, residues, atoms, mass and extent."""
     from cryomap.progress import counted
-    from cryomap.simulate.structure_map import model_extent, read_model
+    from cryomap.simulate.structure_map import read_model, structure_extent
 
     st = read_model(path)
     model = st[0]
     n_res = sum(len(ch) for ch in model)
     n_atoms = sum(len(r) for ch in model for r in ch)
-    diameter, mass = model_extent(path)
+    diameter, mass = structure_extent(st)
     return [f"{path}: atomic model {st.name or path.name}, {counted(len(st), 'model')}",
             f"chains: {len(model)} ({', '.join(ch.name for ch in list(model)[:20])}{', ...' if len(model) > 20 else ''}); "
             f"{n_res} residues, {n_atoms} atoms (no hydrogens, no water)",

@@ -154,7 +154,7 @@ def _insert_rows(bp: Backprojector, inp: _Inputs, rows: np.ndarray, reader, batc
     pts = bp.pts
     fx, fy = pts.frequencies(inp.apix)
     with torch.no_grad():
-        for k, b0 in enumerate(range(0, len(rows), batch_size)):
+        for b0 in range(0, len(rows), batch_size):
             batch = rows[b0:b0 + batch_size]
             imgs = torch.as_tensor(_read(reader, batch), device=bp.device)
             # the centre sits at box//2 − origin/apix: move it back by +origin/apix
@@ -170,9 +170,7 @@ def _insert_rows(bp: Backprojector, inp: _Inputs, rows: np.ndarray, reader, batc
                       torch.as_tensor(inp.sets[batch], device=bp.device))
             if advance is not None:
                 advance(len(batch))
-            if hasattr(reader, "release") and k % 16 == 15:
-                reader.release()  # let the stack pages read so far leave the resident set
-    if hasattr(reader, "release"):
+    if hasattr(reader, "release"):  # the source unmaps as it goes (ParticleSource.read_raw); the rest now
         reader.release()
 
 

@@ -95,9 +95,7 @@ def load_particles(source, box: int | None = None, *, ctf: bool = True, batch_si
             ctfs[rows] = torch.where(flip[:, None], c.abs(), c)
         if progress is not None:
             progress(len(rows))
-        if hasattr(source, "release") and (start // batch_size) % 8 == 7:
-            source.release()
-    if hasattr(source, "release"):
+    if hasattr(source, "release"):  # the source unmaps as it goes (ParticleSource.read_raw); the rest now
         source.release()
     if params is None:
         ctfs = ctfs.expand(n, -1)

@@ -90,8 +90,11 @@ def _model_coordinates(model) -> tuple[np.ndarray, np.ndarray]:
 
 def model_extent(source: str | Path) -> tuple[float, float]:
     """(diameter in Å, mass in kDa) of an atomic model: twice the largest atom distance from the centre of mass."""
-    path = resolve_source(source)
-    st = read_model(path)
+    return structure_extent(read_model(resolve_source(source)))
+
+
+def structure_extent(st) -> tuple[float, float]:
+    """:func:`model_extent` of a structure already read (``gemmi.Structure``; its first model)."""
     xyz, mass = _model_coordinates(st[0])
     com = (xyz * mass[:, None]).sum(0) / mass.sum()
     return 2.0 * float(np.sqrt(((xyz - com) ** 2).sum(1)).max()), float(mass.sum() / 1000.0)
