@@ -318,11 +318,12 @@ def part_peers(target: str, n: int, cap: float, cryomap_seconds: float | None, l
     if shutil.which("relion_refine"):
         (work / "relion").mkdir()
         start = time.time()
+        # --j 2 for both RELION steps: the two cores cryomap (torch) and cryoDRGN use on this machine too
         sgd = run_measured(["relion_refine", "--o", str(work / "relion" / "sgd"), "--i", str(star), "--sgd",
                             "--denovo_3dref", "--sgd_ini_iter", "25", "--sgd_inbetween_iter", "50", "--sgd_fin_iter",
                             "25", "--sgd_write_iter", "1", "--ctf", "--K", "1", "--sym", "C1", "--zero_mask",
                             "--particle_diameter", diameter, "--oversampling", "1", "--healpix_order", "1",
-                            "--offset_range", "6", "--offset_step", "2", "--pad", "1", "--j", "1",
+                            "--offset_range", "6", "--offset_step", "2", "--pad", "1", "--j", "2",
                             "--dont_combine_weights_via_disc", "--pool", "3"], cwd=star.parent, timeout=cap)
         last = _latest_before(work / "relion", "sgd_it*_class001.mrc", start, None)
         left = cap - (time.time() - start)
@@ -332,7 +333,7 @@ def part_peers(target: str, n: int, cap: float, cryomap_seconds: float | None, l
                           "--particle_diameter", diameter, "--flatten_solvent", "--zero_mask", "--oversampling", "1",
                           "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5",
                           "--offset_step", "2", "--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale",
-                          "--j", "1", "--pad", "2", "--dont_combine_weights_via_disc", "--pool", "3"],
+                          "--j", "2", "--pad", "2", "--dont_combine_weights_via_disc", "--pool", "3"],
                          cwd=star.parent, timeout=left)
         final = _latest_before(work / "relion", "*class001.mrc", start, None)
         equal = _latest_before(work / "relion", "*class001.mrc", start, cryomap_seconds)

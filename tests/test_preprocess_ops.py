@@ -156,3 +156,32 @@ def test_guided_filter_smooths_flat_regions_and_keeps_an_edge():
     # the CryoSegNet setting (guide = image / 255, eps 0.1 absolute) is a box blur: the edge smears
     blurred = guided_filter(img, radius=2, eps=0.1, guide=img / 255.0, eps_relative=False)
     assert blurred[0, :, 33].mean() - blurred[0, :, 30].mean() < 0.7 * 4.0
+
+
+def test_self_guided_filter_is_opencvs_guided_filter():
+    """The guide-is-the-image fast path (four box filters) is ximgproc's guided filter, borders included."""
+    import cv2
+
+    rng = np.random.default_rng(7)
+    imgs = (_blobs(3, 48) * 3 + rng.normal(size=(3, 48, 48))).astype(np.float32)
+    for radius, eps in ((1, 0.05), (2, 0.2), (5, 1.0)):
+        ours = guided_filter(imgs, radius, eps)
+        for k in range(len(imgs)):
+            theirs = cv2.ximgproc.guidedFilter(imgs[k], imgs[k], radius, eps * float(imgs[k].astype(np.float64).var()))
+            np.testing.assert_allclose(ours[k], theirs, atol=2e-3 * float(np.abs(theirs).max()))
+        assert np.abs(ours - imgs).mean() > 0.05  # it filtered something
+    # an explicit guide equal to the image takes ximgproc's general path: the same answer
+    np.testing.assert_allclose(guided_filter(imgs, guide=imgs.copy()), guided_filter(imgs), atol=2e-3 * float(np.abs(imgs).max()))
+
+
+@pytest.mark.parametrize("op", ["standardize", "clahe", "guided"])
+def test_per_image_kernels_give_the_same_bytes_in_any_number_of_threads(op):
+    from cryomap.core.images import standardize_images
+
+    imgs = (_blobs(12, 40) + np.random.default_rng(8).normal(size=(12, 40, 40))).astype(np.float32)
+    fn = {"standardize": lambda x, t: standardize_images(x, 12.0, threads=t),
+          "clahe": lambda x, t: clahe(x, threads=t), "guided": lambda x, t: guided_filter(x, threads=t)}[op]
+    one = fn(imgs, 1)
+    assert not np.array_equal(one, imgs)
+    np.testing.assert_array_equal(one, fn(imgs, 2))
+    np.testing.assert_array_equal(one, fn(imgs, 3))

@@ -157,7 +157,6 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
     ``stats`` for :meth:`StackWriter.record`, or ``error`` and ``path``). ``ctf``: the kept
     particles' :class:`~cryomap.core.ctf.CtfParams` when phase flipping.
     """
-    from cryomap.core.fourier import resize_images
     from cryomap.core.images import standardize_images
     from cryomap.io.micrograph import read_micrograph
     from cryomap.particles.boxes import cut_boxes
@@ -169,6 +168,8 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
         if len(images) != n_expected:
             raise BadInputError(f"image size differs from its header ({len(images)} boxes fit, header says {n_expected})", path)
         if images.shape[-1] != p.out_box:
+            from cryomap.core.fourier import resize_images  # imports torch: only when binning (~2 s of start-up)
+
             images = resize_images(images, p.out_box)
         if p.phase_flip and len(images):
             from cryomap.core.ctf import phase_flip_images
