@@ -185,3 +185,16 @@ def test_per_image_kernels_give_the_same_bytes_in_any_number_of_threads(op):
     assert not np.array_equal(one, imgs)
     np.testing.assert_array_equal(one, fn(imgs, 2))
     np.testing.assert_array_equal(one, fn(imgs, 3))
+
+
+def test_ctf_filtering_in_chunks_is_the_whole_batch_at_once(monkeypatch):
+    """filter_by_ctf transforms a few images at a time (bounded memory): the answer does not depend on it."""
+    import cryomap.core.ctf as ctf_module
+
+    imgs = _blobs(7, 48) + np.random.default_rng(9).normal(size=(7, 48, 48)).astype(np.float32)
+    params = _ctf(7)
+    whole = ctf_module.phase_flip_images(imgs, params, APIX)
+    monkeypatch.setattr(ctf_module, "FILTER_CHUNK_BYTES", 2 * 4 * 48 * 48)  # two images per chunk
+    chunked = ctf_module.phase_flip_images(imgs, params, APIX)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    assert np.abs(whole - imgs).mean() > 0.01  # the flip changed the images

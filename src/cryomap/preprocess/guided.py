@@ -1,5 +1,6 @@
-"""Edge-preserving smoothing with the guided filter (He, Sun & Tang 2013), OpenCV contrib's
-``cv2.ximgproc.guidedFilter``.
+"""Edge-preserving smoothing with the guided filter (He, Sun & Tang 2013): OpenCV contrib's
+``cv2.ximgproc.guidedFilter`` when the guide is another image, and the same algorithm from four
+OpenCV box filters when the guide is the image itself (the default; ximgproc runs six there).
 
 The output is locally a linear function of the guide, ``q = a·I + b`` over windows of
 ``(2·radius + 1)²`` px, with ``a = cov(I, p) / (var(I) + eps)``: where the guide varies much more than
