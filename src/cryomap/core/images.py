@@ -79,5 +79,5 @@ def standardize_images(
         scale = sign / np.sqrt(var) if var > 0 else sign
         cv2.addWeighted(src[k], scale, src[k], 0.0, -m * scale, dst=out[k], dtype=cv2.CV_32F)
 
-    for_each_image(one, len(out), threads, out[0].size)
+    for_each_image(one, len(out), threads, out.shape[-2] * out.shape[-1])
     return out

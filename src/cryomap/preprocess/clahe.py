@@ -71,7 +71,7 @@ def clahe(images: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 2, bits:
         res = op.apply(q)
         cv2.addWeighted(res, 1.0 / s, res, 0.0, lo, dst=out[k], dtype=cv2.CV_32F)  # y = q'/s + lo
 
-    for_each_image(one, len(arr), threads, arr[0].size if len(arr) else None)
+    for_each_image(one, len(arr), threads, arr.shape[-2] * arr.shape[-1])
     return out
 
 

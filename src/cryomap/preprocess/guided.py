@@ -77,7 +77,7 @@ def guided_filter(images: np.ndarray, radius: int = 2, eps: float = 0.2, guide: 
         np.multiply(box(var), x, out=out[k])
         out[k] += box(mean)
 
-    for_each_image(one_self if guide is None else one, len(arr), threads, arr[0].size if len(arr) else None)
+    for_each_image(one_self if guide is None else one, len(arr), threads, arr.shape[-2] * arr.shape[-1])
     return out
 
 
