@@ -4,8 +4,8 @@ Same input for everyone: 20 micrographs of 4096² float32 MRC, 300 particles eac
 micrograph. Every measurement runs in its own process (wall time of the job, peak RSS from
 ``ru_maxrss``), all in the same run:
 
-* **cryomap** ``extract`` (1 worker): cut + RELION background normalisation, and the same +
-  phase flip (``--phase-flip``), box 128 and 256, writing ``particles.mrcs`` + ``particles.star``;
+* **cryomap** ``extract`` (the command, 1 worker): cut + RELION background normalisation, and the
+  same + phase flip (``--phase-flip``), box 128 and 256, writing ``particles.mrcs`` + ``particles.star``;
 * **ASPIRE 0.14.3** ``CentersCoordinateSource(...).normalize_background()`` and
   ``.phase_flip().normalize_background()`` (ASPIRE fails on the other order), ``save`` to a stack;
   from the benchmark-only venv ``.venv-peers`` (skipped with a message when absent);
@@ -91,19 +91,26 @@ def _write_relion_coords(path: Path, df) -> None:
 
 # --------------------------------------------------------------------------- measured children
 
-def _report(t0: float, n: int) -> None:
+def _report(t0: float, n: int, seconds: float | None = None) -> None:
     import resource
 
-    print(json.dumps({"seconds": time.perf_counter() - t0, "particles": n,
+    print(json.dumps({"seconds": time.perf_counter() - t0 if seconds is None else seconds, "particles": n,
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def child_cryomap(data: str, out: str, box: int, flip: bool) -> None:
+    """The ``cryomap extract`` command itself (what a user runs), in this process."""
     t0 = time.perf_counter()
-    from cryomap.particles.extract import extract_particles
+    from cryomap.cli import main
 
-    res = extract_particles(data, out, box, phase_flip=flip, force=True, progress=False)
-    _report(t0, res.n_particles)
+    rc = main(["extract", data, "-o", out, "--box", str(box), "--force", *(["--phase-flip"] if flip else [])])
+    if rc:
+        raise SystemExit(rc)
+    seconds = time.perf_counter() - t0
+    from cryomap.io.mrc import read_stack
+
+    n = read_stack(Path(out) / "particles.mrcs", mmap=True).data.shape[0]
+    _report(t0, n, seconds)
 
 
 def child_numpy(data: str, out: str, box: int) -> None:

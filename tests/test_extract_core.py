@@ -17,6 +17,7 @@ from cryomap.core.images import background_mask
 from cryomap.core.images import standardize_images as normalize_background
 from cryomap.particles.boxes import cut_boxes
 from cryomap.particles.extract import default_box, extract_particles
+from cryomap.particles.plan import nearest_within
 
 APIX = 2.0
 
@@ -72,6 +73,33 @@ def make_dataset(root, n_mics=3, shape=(96, 128), with_star=False, fractional=Fa
 
 def test_default_box_rule():
     assert default_box(108) == 162 and default_box(20) == 30 and default_box(21) == 32
+
+
+def test_nearest_within_is_the_kd_tree_nearest_neighbour():
+    """The STAR matching's nearest neighbour equals scipy's cKDTree (the oracle) on random clouds, including
+    queries with no point within 2 px, empty inputs, and a column of points sharing one x (all candidates)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(1)
+    seen = np.zeros(2, int)  # queries matched, not matched: both cases must have been exercised
+    for _ in range(100):
+        pts = rng.uniform(0, 100, (int(rng.integers(1, 300)), 2))
+        near = pts[: len(pts) // 2] + rng.normal(0, 1.0, (len(pts) // 2, 2))
+        queries = np.concatenate([near, rng.uniform(0, 100, (int(rng.integers(0, 100)), 2))])
+        idx, matched = nearest_within(pts, queries, 2.0)
+        if not len(queries):
+            assert len(idx) == 0
+            continue
+        dist, ref = cKDTree(pts).query(queries, k=1)
+        assert np.array_equal(matched, dist <= 2.0)
+        assert np.array_equal(idx[matched], ref[matched])
+        seen += [matched.sum(), (~matched).sum()]
+    assert seen.min() > 1000
+    column = np.column_stack([np.full(50, 7.0), np.arange(50.0) * 3])
+    idx, matched = nearest_within(column, [[7.5, 31.2], [20.0, 0.0]], 2.0)
+    assert idx[0] == 10 and list(matched) == [True, False]
+    idx, matched = nearest_within(np.zeros((0, 2)), [[1.0, 1.0]], 2.0)
+    assert not matched.any()
 
 
 def test_cut_boxes_follows_relion_centre_and_edge_policies():

@@ -193,8 +193,50 @@ def test_ctf_filtering_in_chunks_is_the_whole_batch_at_once(monkeypatch):
 
     imgs = _blobs(7, 48) + np.random.default_rng(9).normal(size=(7, 48, 48)).astype(np.float32)
     params = _ctf(7)
-    whole = ctf_module.phase_flip_images(imgs, params, APIX)
+    whole = ctf_module.wiener_images(imgs, params, APIX, 0.1)
     monkeypatch.setattr(ctf_module, "FILTER_CHUNK_BYTES", 2 * 4 * 48 * 48)  # two images per chunk
-    chunked = ctf_module.phase_flip_images(imgs, params, APIX)
+    chunked = ctf_module.wiener_images(imgs, params, APIX, 0.1)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
-    assert np.abs(whole - imgs).mean() > 0.01  # the flip changed the images
+    assert np.abs(whole - imgs).mean() > 0.01  # the filter changed the images
+
+
+def _without_nyquist(images: np.ndarray) -> np.ndarray:
+    """Images with their Nyquist row and column zeroed: there an astigmatic CTF's sign at (ky, kx) and at its
+    Hermitian mate can differ, and an rfft-grid filter is then ambiguous (each DFT library resolves it its own way)."""
+    h, w = images.shape[-2:]
+    f = np.fft.rfft2(images)
+    if h % 2 == 0:
+        f[..., h // 2, :] = 0
+    if w % 2 == 0:
+        f[..., w // 2] = 0
+    return np.fft.irfft2(f, s=(h, w)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (33, 33), (40, 64), (45, 32)])
+def test_phase_flip_is_the_fft_times_the_sign_of_each_ctf(shape, monkeypatch):
+    """The OpenCV phase flip (packed spectrum for even sizes, complex for odd) equals numpy's rfft2 × sign(CTF)
+    per particle, whether the sign patterns are rendered ahead or per image, in any number of threads; and
+    it is the torch-ctf filter it replaced, on band-limited images."""
+    import cryomap.core.phase_flip as pf
+    from cryomap.core.ctf import filter_by_ctf
+    from cryomap.core.ctf_params import ctf_grid, ctf_phase_coefficients
+
+    rng = np.random.default_rng(4)
+    n = 6
+    imgs = _without_nyquist(rng.normal(size=(n, *shape)))
+    params = _ctf(n, seed=5)
+    params.defocus_u[3] = params.defocus_u[2]  # two particles share a CTF (rendered once)
+    params.defocus_v[3], params.angle[3] = params.defocus_v[2], params.angle[2]
+    coef, quartic = ctf_phase_coefficients(params)
+    sign = np.stack([np.where(ctf_grid(c, quartic, APIX, shape) < 0, -1.0, 1.0) for c in coef])
+    oracle = np.fft.irfft2(np.fft.rfft2(imgs) * sign, s=shape)
+    out = pf.phase_flip_images(imgs, params, APIX, threads=1)
+    np.testing.assert_allclose(out, oracle, atol=1e-5)
+    np.testing.assert_array_equal(out, pf.phase_flip_images(imgs, params, APIX, threads=3))
+    monkeypatch.setattr(pf, "PRERENDER_BYTES", 0)  # every image renders its own sign pattern
+    np.testing.assert_array_equal(out, pf.phase_flip_images(imgs, params, APIX, threads=2))
+    import torch
+
+    replaced = filter_by_ctf(imgs, params, APIX, lambda c: torch.where(c < 0, -1.0, 1.0).to(c.dtype))
+    assert np.abs(out - replaced).mean() < 1e-4
+    assert np.abs(out - imgs).mean() > 0.1  # the flip changed the images

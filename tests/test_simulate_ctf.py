@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cryomap.core.ctf import ctf_2d, normalise_defocus
+from cryomap.core.ctf_params import CtfParams, ctf_grid, ctf_phase_coefficients, electron_wavelength_A
 
 
 def _relion_ctf(u: float, v: float, angle_deg: float, n: int, apix: float, voltage: float = 300.0,
@@ -45,3 +46,24 @@ def test_defocus_order_and_angle_wrap():
     a_ = ctf_2d(10000.0, 12000.0, 170.0, voltage=300, cs=2.7, amplitude_contrast=0.1, apix=apix, shape=(n, n))
     b_ = ctf_2d(12000.0, 10000.0, -100.0, voltage=300, cs=2.7, amplitude_contrast=0.1, apix=apix, shape=(n, n))
     np.testing.assert_allclose(a_.numpy(), b_.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, rfft", [((64, 64), True), ((63, 48), True), ((50, 65), False)])
+def test_numpy_ctf_formula_is_torch_ctfs(shape, rfft):
+    """The torch-free formula (phase flipping at extraction) renders torch-ctf's CTF: astigmatism at any
+    angle, a phase shift, U < V swapped, rectangular and odd grids; and the same electron wavelength."""
+    from torch_ctf import calculate_relativistic_electron_wavelength
+
+    for kv in (100.0, 200.0, 300.0):
+        assert electron_wavelength_A(kv) == pytest.approx(float(calculate_relativistic_electron_wavelength(kv * 1e3)) * 1e10,
+                                                          rel=1e-6)
+    assert electron_wavelength_A(300.0) == pytest.approx(0.019687, abs=1e-6)  # 300 kV: 1.9687 pm
+    params = CtfParams(np.array([18000.0, 9000.0, 15000.0]), np.array([14000.0, 11000.0, 15000.0]),
+                       np.array([37.0, -120.0, 0.0]), 300.0, 2.7, 0.07, 0.0, np.array([0.0, 45.0, 90.0]))
+    coef, quartic = ctf_phase_coefficients(params)
+    ours = np.stack([ctf_grid(c, quartic, 1.1, shape, rfft=rfft) for c in coef])
+    ref = ctf_2d(params.defocus_u, params.defocus_v, params.angle, voltage=300.0, cs=2.7, amplitude_contrast=0.07,
+                 apix=1.1, shape=shape, phase_shift=params.phase_shift, rfft=rfft).numpy()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=5e-4)  # torch-ctf renders in float32
+    assert np.abs(ours[0] - ours[1]).max() > 1.0  # and the particles' CTFs differ (the test can fail)

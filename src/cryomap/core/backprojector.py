@@ -182,8 +182,9 @@ def _numba_kernel():
     interleaved float32 grid (a voxel's three sums side by side, so a sample touches 4–8 cache
     lines, not 8–16). torch needs a dozen full-size temporaries (B·M·8 indices, weights and
     products) and three random scatters for the same work: measured ~4× slower
-    (tests/test_reconstruct_kernels.py checks both give the same sums). Serial on purpose: no
-    atomics, and the result does not depend on the thread count (threads may run different sets).
+    (tests/test_reconstruct_kernels.py checks both give the same sums). One call adds into one
+    set's grid. Serial on purpose: no atomics, and the result does not depend on the thread count
+    (threads may run different sets).
     """
     global _KERNEL
     if _KERNEL is not None:
@@ -195,17 +196,15 @@ def _numba_kernel():
         return None
 
     @numba.njit(cache=True, nogil=True)
-    def insert(grid, values, wts, rot, kx, ky, sets, S, X, c, nearest):  # pragma: no cover - compiled
+    def insert(grid, values, wts, rot, kx, ky, S, X, c, nearest):  # pragma: no cover - compiled
         b_n, m_n = values.shape
         SX = S * X
-        S2X = S * SX
         one = np.float32(1.0)
         half = np.float32(0.5)
         zero = np.float32(0.0)
         for b in range(b_n):
             a00, a01, a02 = rot[b, 0, 0], rot[b, 0, 1], rot[b, 0, 2]
             a10, a11, a12 = rot[b, 1, 0], rot[b, 1, 1], rot[b, 1, 2]
-            off = sets[b] * S2X
             for m in range(m_n):
                 x = kx[m] * a00 + ky[m] * a10
                 y = kx[m] * a01 + ky[m] * a11
@@ -218,7 +217,7 @@ def _numba_kernel():
                 y += c
                 z += c
                 if nearest:
-                    i = 3 * (off + int(np.floor(z + half)) * SX + int(np.floor(y + half)) * X + int(np.floor(x + half)))
+                    i = 3 * (int(np.floor(z + half)) * SX + int(np.floor(y + half)) * X + int(np.floor(x + half)))
                     grid[i] += vr
                     grid[i + 1] += vi
                     grid[i + 2] += wt
@@ -229,7 +228,7 @@ def _numba_kernel():
                 tx = x - fx
                 ty = y - fy
                 tz = z - fz
-                base = off + int(fz) * SX + int(fy) * X + int(fx)
+                base = int(fz) * SX + int(fy) * X + int(fx)
                 for dz in range(2):
                     wz = tz if dz else one - tz
                     for dy in range(2):
@@ -263,15 +262,16 @@ class Backprojector:
     ``pts`` (already CTF-multiplied and re-centred), ``weights`` (B, M) real (CTF², or 1),
     ``rotations`` RELION ``A`` (B, 3, 3), ``sets`` (B,) ints in ``[0, n_sets)`` (e.g. the half
     set). The sums of a real map's transform are Hermitian, so only the ``kx ≥ 0`` half is kept,
-    as RELION does: a sample that lands at ``kx < 0`` is added, conjugated, at ``−k``. The half
-    grid is ``S × S × X`` voxels (z, y, x; ``S = L + 3``, ``X = L/2 + 2``): frequency ``ky`` at
-    index ``ky + L/2 + 1`` (likewise kz), ``kx`` at index ``kx``, so every trilinear corner of a
-    sample inside the Nyquist sphere lands inside and no index is wrapped while inserting; (re,
-    im, weight) float32 per voxel. :meth:`half_grids` folds the margins and the two planes the
-    mirror leaves one-sided (kx = 0 and L/2) into the ``rfftn`` grid. Memory: ``n_sets × S²·X ×
-    12`` bytes (13.6 MiB per set for 64 px at pad 2): half of a full grid (the insertion's
+    as RELION does: a sample that lands at ``kx < 0`` is added, conjugated, at ``−k``. Each set has
+    its own half grid (:attr:`grids`), ``S × S × X`` voxels (z, y, x; ``S = L + 3``, ``X = L/2 + 2``):
+    frequency ``ky`` at index ``ky + L/2 + 1`` (likewise kz), ``kx`` at index ``kx``, so every
+    trilinear corner of a sample inside the Nyquist sphere lands inside and no index is wrapped
+    while inserting; (re, im, weight) float32 per voxel. :meth:`half_grids` folds the margins and
+    the two planes the mirror leaves one-sided (kx = 0 and L/2) into the ``rfftn`` grid. Memory:
+    ``S²·X × 12`` bytes per set (13.6 MiB for 64 px at pad 2): half of a full grid (the insertion's
     speed stayed within the noise of the full grid's: 136–158 against 159–188 ns per sample at
-    64 px, alternating runs on the 2-core machine).
+    64 px, alternating runs on the 2-core machine). A set's grid is its own tensor so that
+    :meth:`release` can free it once its sums are taken (reconstruction's peak memory).
     """
 
     def __init__(self, pts: SlicePoints, interpolation: Interpolation = "trilinear", n_sets: int = 1,
@@ -287,8 +287,8 @@ class Backprojector:
         self.X = self.L // 2 + 2
         self.c = self.L // 2 + 1
         self.device = self.pts.kx.device
-        n = self.n_sets * self.S * self.S * self.X
-        self.grid = torch.zeros(3 * n, dtype=torch.float32, device=self.device)
+        n = self.S * self.S * self.X
+        self.grids = [torch.zeros(3 * n, dtype=torch.float32, device=self.device) for _ in range(self.n_sets)]
         self.count = np.zeros(self.n_sets, dtype=np.int64)
         self._count_lock = threading.Lock()  # threads inserting different sets share the counts
         # index arithmetic in float32 is exact below 2**24; larger grids use float64
@@ -297,10 +297,29 @@ class Backprojector:
         self._corners = torch.tensor([0, 1, X, X + 1, S * X, S * X + 1, S * X + X, S * X + X + 1],
                                      dtype=torch.int64, device=self.device)
 
+    @property
+    def grid(self) -> torch.Tensor:
+        """All sets' grids, one after the other, as one flat float32 tensor (a copy)."""
+        return torch.cat(self.grids)
+
+    def add_grid(self, flat: torch.Tensor | np.ndarray) -> None:
+        """Add sums in the layout of :attr:`grid` (e.g. a worker process's), set by set."""
+        flat = torch.as_tensor(flat)
+        for g, part in zip(self.grids, flat.reshape(self.n_sets, -1)):
+            g += part.to(self.device)
+
+    def scale_(self, factor: float) -> None:
+        """Multiply every sum by ``factor``, in place (a running average's forgetting)."""
+        for g in self.grids:
+            g.mul_(float(factor))
+
+    def release(self, set_index: int) -> None:
+        """Free one set's grid (its sums can no longer be read or added to)."""
+        self.grids[set_index] = torch.zeros(0, dtype=torch.float32, device=self.device)
+
     def insert(self, values: torch.Tensor, weights: torch.Tensor | None, rotations: torch.Tensor,
                sets: torch.Tensor | np.ndarray | int = 0) -> None:
         """Add a batch of slices (see the class docstring)."""
-        S, X, c = self.S, self.X, float(self.c)
         b, m = values.shape
         sets_np = np.broadcast_to(np.asarray(sets.cpu() if isinstance(sets, torch.Tensor) else sets, dtype=np.int64),
                                   (b,))
@@ -308,24 +327,35 @@ class Backprojector:
             np.add.at(self.count, sets_np, 1)
         if weights is None:
             weights = torch.ones((b, m), dtype=torch.float32, device=self.device)
+        present = np.unique(sets_np)
+        for h in present:
+            if len(present) == 1:
+                self._insert_set(int(h), values, weights, rotations)
+                continue
+            rows = torch.as_tensor(np.flatnonzero(sets_np == h), device=values.device)
+            self._insert_set(int(h), values[rows], weights[rows], rotations[rows.to(rotations.device)])
+
+    def _insert_set(self, h: int, values: torch.Tensor, weights: torch.Tensor, rotations: torch.Tensor) -> None:
+        """Add slices that all belong to set ``h``."""
+        S, X, c = self.S, self.X, float(self.c)
+        grid = self.grids[h]
         kernel = _numba_kernel() if self.device.type == "cpu" and self.use_numba else None
         if kernel is not None:
-            kernel(self.grid.numpy(), values.to(torch.complex64).contiguous().numpy(),
+            kernel(grid.numpy(), values.to(torch.complex64).contiguous().numpy(),
                    weights.to(torch.float32).contiguous().numpy(), rotations.to(torch.float32).contiguous().numpy(),
-                   self.pts.kx.contiguous().numpy(), self.pts.ky.contiguous().numpy(),
-                   np.ascontiguousarray(sets_np), S, X, np.float32(c), self.interpolation == "nearest")
+                   self.pts.kx.contiguous().numpy(), self.pts.ky.contiguous().numpy(), S, X, np.float32(c),
+                   self.interpolation == "nearest")
             return
         # torch path (GPU, or CPU without numba): the same sums with index arithmetic and scatters
         coords = slice_coordinates(self.pts, rotations.to(self.device)).to(self._idx_dtype)
         mirror = coords[..., 0] < 0  # Friedel: store F(−k) = conj F(k) on the kx ≥ 0 half
         coords = torch.where(mirror[..., None], -coords, coords)
         values = torch.where(mirror, values.conj(), values)
-        offset = torch.as_tensor(sets_np * S * S * X + c * (S * X + X), dtype=self._idx_dtype,
-                                 device=self.device)[:, None]  # (B, 1): set offset + centre of y and z
+        offset = c * (S * X + X)  # the centre of y and z
         if self.interpolation == "nearest":
             g = torch.floor(coords + 0.5)
             idx = ((g[..., 2] * S + g[..., 1]) * X + g[..., 0] + offset).to(torch.int64).reshape(-1)
-            self._scatter(idx, values.reshape(-1), weights.reshape(-1))
+            self._scatter(grid, idx, values.reshape(-1), weights.reshape(-1))
             return
         f = torch.floor(coords)
         t = (coords - f).to(torch.float32)  # (B, M, 3) fractional parts x, y, z
@@ -334,17 +364,19 @@ class Backprojector:
         tx, ty, tz = t[..., 0:1], t[..., 1:2], t[..., 2:3]
         wxy = torch.cat([(1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx], -1)  # (B, M, 4)
         w = torch.cat([wxy * (1 - tz), wxy * tz], -1)  # (B, M, 8) in corner order (z, y, x bits)
-        self._scatter(idx, (values[..., None] * w).reshape(-1), (weights[..., None] * w).reshape(-1))
+        self._scatter(grid, idx, (values[..., None] * w).reshape(-1), (weights[..., None] * w).reshape(-1))
 
-    def _scatter(self, idx: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> None:
+    @staticmethod
+    def _scatter(grid: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> None:
         i3 = 3 * idx
-        self.grid.scatter_add_(0, i3, values.real.contiguous())
-        self.grid.scatter_add_(0, i3 + 1, values.imag.contiguous())
-        self.grid.scatter_add_(0, i3 + 2, weights)
+        grid.scatter_add_(0, i3, values.real.contiguous())
+        grid.scatter_add_(0, i3 + 1, values.imag.contiguous())
+        grid.scatter_add_(0, i3 + 2, weights)
 
     def merge(self, other: "Backprojector") -> None:
         """Add another backprojector's sums (same geometry), e.g. from a worker process."""
-        self.grid += other.grid.to(self.device)
+        for g, o in zip(self.grids, other.grids):
+            g += o.to(self.device)
         self.count += other.count
 
     def fold_margin(self) -> None:
@@ -356,15 +388,18 @@ class Backprojector:
         −L/2 + 1``: indices 1, 2). Idempotent, and slices inserted afterwards fold at the next call.
         In place because a folded copy per axis held grid-sized temporaries, the peak memory of a
         reconstruction. (The x margin, frequency L/2 + 1, is folded by :meth:`_summed`: its partner
-        is conjugated.)
+        is conjugated.) A released set is skipped.
         """
         L = self.L
-        g = self.grid.reshape(self.n_sets, self.S, self.S, self.X, 3)
-        for axis in (1, 2):
-            g.select(axis, L).add_(g.select(axis, 0))
-            g.select(axis, 0).zero_()
-            g.narrow(axis, 1, 2).add_(g.narrow(axis, L + 1, 2))
-            g.narrow(axis, L + 1, 2).zero_()
+        for grid in self.grids:
+            if grid.numel() == 0:
+                continue
+            g = grid.reshape(self.S, self.S, self.X, 3)
+            for axis in (0, 1):
+                g.select(axis, L).add_(g.select(axis, 0))
+                g.select(axis, 0).zero_()
+                g.narrow(axis, 1, 2).add_(g.narrow(axis, L + 1, 2))
+                g.narrow(axis, L + 1, 2).zero_()
 
     def _summed(self, sets: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(Σ w·F complex, Σ w) of ``sets`` on the ``rfftn`` half grid (L, L, L//2 + 1), FFT order, Hermitian-complete.
@@ -375,14 +410,28 @@ class Backprojector:
         −(L/2 − 1)) is added, conjugated and negated in y and z, to kx = L/2 − 1.
         """
         S, L, X = self.S, self.L, self.X
-        self.fold_margin()
-        g = self.grid.reshape(self.n_sets, S, S, X, 3)[:, 1:L + 1, 1:L + 1]  # window j: frequency j − L/2
-        sel = list(range(self.n_sets)) if sets is None else list(sets)
-        g = g[sel[0]] if len(sel) == 1 else g[sel].sum(0)
-        g = torch.fft.ifftshift(g, dim=(0, 1))  # (L, L, X, 3): z and y in FFT order
-        d, w = torch.complex(g[..., 0], g[..., 1]), g[..., 2].clone()
-        del g
         h = L // 2
+        self.fold_margin()
+        sel = list(range(self.n_sets)) if sets is None else list(sets)
+        if any(self.grids[s].numel() == 0 for s in sel):
+            raise ValueError(f"set(s) {sel}: a released set has no sums")
+        d = torch.empty((L, L, X), dtype=torch.complex64, device=self.device)
+        w = torch.empty((L, L, X), dtype=torch.float32, device=self.device)
+        dr = torch.view_as_real(d)
+        # window j (indices 1 … L) holds frequency j − L/2: FFT order (ifftshift of z and y) is the two halves
+        # swapped, copied quadrant by quadrant into d and w (no grid-sized temporary)
+        swap = ((slice(0, h), slice(h, L)), (slice(h, L), slice(0, h)))
+        for k, s in enumerate(sel):
+            g = self.grids[s].reshape(S, S, X, 3)[1:L + 1, 1:L + 1]
+            for out_z, in_z in swap:
+                for out_y, in_y in swap:
+                    src = g[in_z, in_y]
+                    if k == 0:
+                        dr[out_z, out_y] = src[..., :2]
+                        w[out_z, out_y] = src[..., 2]
+                    else:
+                        dr[out_z, out_y] += src[..., :2]
+                        w[out_z, out_y] += src[..., 2]
         d[..., h - 1] += torch.conj(_negate_yz(d[..., h + 1]))
         w[..., h - 1] += _negate_yz(w[..., h + 1])
         for plane in (0, h):

@@ -7,45 +7,29 @@ kV, Cs mm, amplitude contrast as a fraction, phase shift degrees (phase plates),
 ``CTF · projection`` shows the molecule bright (the convention of the STAR file and of
 contrast-inverted extracted particles).
 
-:func:`ctf_params_from_table` is the one place a CTF is read from a particle table (RELION column
-names, as :mod:`cryomap.io.star` and :mod:`cryomap.io.cs` deliver them).
+The parameters (:class:`CtfParams`, :func:`ctf_params_from_table`, the one place a CTF is read
+from a particle table) and the formula in numpy live in :mod:`cryomap.core.ctf_params`, which
+does not import torch; they are re-exported here. Phase flipping is
+:mod:`cryomap.core.phase_flip` (OpenCV's DFT, no torch), re-exported as :func:`phase_flip_images`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
-
-@dataclass
-class CtfParams:
-    """Per-particle CTF parameters (arrays of length N, or scalars), RELION units."""
-
-    defocus_u: np.ndarray  # Å
-    defocus_v: np.ndarray  # Å
-    angle: np.ndarray  # degrees
-    voltage: float = 300.0  # kV
-    cs: float = 2.7  # mm
-    amplitude_contrast: float = 0.1
-    bfactor: float = 0.0  # Å²
-    phase_shift: np.ndarray | float = 0.0  # degrees (per particle or one value)
-
-    def __len__(self) -> int:
-        return int(np.atleast_1d(self.defocus_u).shape[0])
-
-    def as_dict(self) -> dict:
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
-
-
-def normalise_defocus(u: np.ndarray, v: np.ndarray, angle: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Order defoci so U ≥ V (swapping turns the astigmatism axis by 90°), angle wrapped to [-180, 180)."""
-    u, v, angle = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(u, v, angle))
-    swap = v > u
-    u2, v2 = np.where(swap, v, u), np.where(swap, u, v)
-    a2 = np.where(swap, angle + 90.0, angle)
-    return u2, v2, (a2 + 180.0) % 360.0 - 180.0
+from cryomap.core.ctf_params import (  # noqa: F401  (re-exported: the CTF's public names live here)
+    CTF_REQUIRED_COLUMNS,
+    CtfParams,
+    ctf_params_from_table,
+    ctf_phase_coefficients,
+    electron_wavelength_A,
+    missing_ctf_columns,
+    normalise_defocus,
+    subset,
+    unique_ctfs,
+)
+from cryomap.core.phase_flip import phase_flip_images  # noqa: F401
 
 
 def ctf_2d(
@@ -158,20 +142,6 @@ def filter_by_ctf(images: np.ndarray, params: "CtfParams", apix: float, make_fil
     return out.numpy()
 
 
-def unique_ctfs(params: "CtfParams") -> tuple["CtfParams", np.ndarray]:
-    """The distinct per-particle CTFs of ``params`` and, per particle, the index of its own among them."""
-    n = len(params)
-    cols = np.stack([np.broadcast_to(np.atleast_1d(np.asarray(v, dtype=np.float64)), (n,))
-                     for v in (params.defocus_u, params.defocus_v, params.angle, params.phase_shift)], axis=1)
-    rows, first, index = np.unique(cols, axis=0, return_index=True, return_inverse=True)
-    return subset(params, first), index.reshape(-1)
-
-
-def phase_flip_images(images: np.ndarray, params: "CtfParams", apix: float) -> np.ndarray:
-    """Images (N, H, W) × sign(CTF) in Fourier space, each by its own CTF (``apix`` Å/px)."""
-    return filter_by_ctf(images, params, apix, lambda c: torch.where(c < 0, -1.0, 1.0).to(c.dtype))
-
-
 def wiener_images(images: np.ndarray, params: "CtfParams", apix: float, constant: float) -> np.ndarray:
     """Images (N, H, W) Wiener-filtered by their CTFs: ``F · CTF / (CTF² + constant)``, ``constant`` > 0."""
     if not constant > 0:
@@ -186,9 +156,7 @@ def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_co
     χ(s) = π λ Δf s² − π/2 Cs λ³ s⁴, CTF = −sin(χ' ) with the amplitude-contrast phase; zeros
     where χ(s) + arcsin(w) = kπ. Used by tests to check simulated power spectra.
     """
-    from torch_ctf import calculate_relativistic_electron_wavelength
-
-    lam = float(calculate_relativistic_electron_wavelength(voltage * 1e3)) * 1e10
+    lam = electron_wavelength_A(voltage)
     s = np.linspace(0, max_freq, 200001)
     chi = np.pi * lam * defocus * s**2 - np.pi / 2 * cs * 1e7 * lam**3 * s**4
     phase = chi + np.arcsin(amplitude_contrast)
@@ -197,84 +165,23 @@ def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_co
     return s[idx][:n]
 
 
-#: RELION columns a CTF needs at least (the rest have RELION's defaults when absent).
-CTF_REQUIRED_COLUMNS = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration")
-
-
-def missing_ctf_columns(columns) -> list[str]:
-    """The required CTF columns (:data:`CTF_REQUIRED_COLUMNS`) a table lacks."""
-    return [c for c in CTF_REQUIRED_COLUMNS if c not in set(columns)]
-
-
-def ctf_params_from_table(table, bfactor: float | None = None) -> CtfParams:
-    """:class:`CtfParams` from a flat RELION particle table (optics merged, as ``read_star`` gives it).
-
-    ``rlnDefocusU`` (Å), ``rlnVoltage`` (kV) and ``rlnSphericalAberration`` (mm) are required
-    (``KeyError`` naming them otherwise); ``rlnDefocusV`` defaults to U, ``rlnDefocusAngle`` and
-    ``rlnPhaseShift`` to 0°, ``rlnAmplitudeContrast`` to 0.1 and ``rlnCtfBfactor`` to 0 Å² (the
-    mean when it varies, as the envelope is applied per batch). Voltage, Cs and amplitude contrast
-    are taken from the first row: they are optics-group constants.
-    """
-    missing = missing_ctf_columns(table.columns)
-    if missing:
-        raise KeyError(f"the particle table lacks CTF columns {', '.join(missing)}")
-
-    def col(name: str, default: float | None = None) -> np.ndarray:
-        if name in table:
-            return np.asarray(table[name], dtype=np.float64)
-        return np.full(len(table), float(default))
-
-    u = col("rlnDefocusU")
-    b = bfactor if bfactor is not None else (float(np.mean(col("rlnCtfBfactor"))) if "rlnCtfBfactor" in table else 0.0)
-    return CtfParams(
-        defocus_u=u,
-        defocus_v=col("rlnDefocusV") if "rlnDefocusV" in table else u.copy(),
-        angle=col("rlnDefocusAngle", 0.0),
-        voltage=float(col("rlnVoltage")[0]),
-        cs=float(col("rlnSphericalAberration")[0]),
-        amplitude_contrast=float(col("rlnAmplitudeContrast", 0.1)[0]),
-        bfactor=b,
-        phase_shift=col("rlnPhaseShift", 0.0),
-    )
-
-
-def subset(params: CtfParams, index: np.ndarray | slice) -> CtfParams:
-    """The CTF parameters of a subset of particles."""
-    ps = np.atleast_1d(np.asarray(params.phase_shift, dtype=np.float64))
-    return CtfParams(np.atleast_1d(params.defocus_u)[index], np.atleast_1d(params.defocus_v)[index],
-                     np.atleast_1d(params.angle)[index], params.voltage, params.cs, params.amplitude_contrast,
-                     params.bfactor, ps if ps.size == 1 else ps[index])
-
-
 def ctf_at(params: CtfParams, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
     """CTF of every particle of ``params`` at frequencies ``(fx, fy)`` (cycles/Å, shape (M,)) → (N, M) float32.
 
-    The same formula as :func:`ctf_2d` (torch-ctf's: ``−sin(χ)`` with the astigmatic defocus
-    ``Δf(φ) = mean + astig·cos 2(φ − angle)``, the amplitude contrast as a phase
-    ``arctan(A/√(1−A²))``, the phase shift, the B-factor envelope), evaluated only where it is
-    needed: ``cos 2(φ − θ)·s² = (fx² − fy²)·cos 2θ + 2·fx·fy·sin 2θ``, so the phase is one small
-    matrix product of per-particle coefficients with four per-sample terms. Written out because
+    The same formula as :func:`ctf_2d` (torch-ctf's, :mod:`cryomap.core.ctf_params`), evaluated
+    only where it is needed: the phase is one small matrix product of the per-particle
+    coefficients (:func:`ctf_phase_coefficients`) with four per-sample terms. Written out because
     the reconstruction needs the CTF at the few thousand Fourier samples it inserts, and torch-ctf
     renders full 2D grids (250 µs per 128² image, more than the whole insertion);
     tests/test_reconstruct_kernels.py checks that the two agree.
     """
-    from torch_ctf import calculate_relativistic_electron_wavelength
-
-    u, v, a = normalise_defocus(np.atleast_1d(params.defocus_u), np.atleast_1d(params.defocus_v),
-                                np.atleast_1d(params.angle))
-    n = len(u)
+    coef, quartic = ctf_phase_coefficients(params)
     dev = fx.device
-    ps = np.broadcast_to(np.atleast_1d(np.asarray(params.phase_shift, dtype=np.float64)), (n,))
-    lam = float(calculate_relativistic_electron_wavelength(float(params.voltage) * 1e3)) * 1e10  # Å
-    w = float(params.amplitude_contrast)
-    mean, astig, ang = (u + v) / 2.0, (u - v) / 2.0, np.deg2rad(a)
-    coef = np.stack([np.pi * lam * mean, np.pi * lam * astig * np.cos(2 * ang), np.pi * lam * astig * np.sin(2 * ang),
-                     np.deg2rad(ps) + np.arctan(w / np.sqrt(1.0 - w * w))], 1)
     fx32, fy32 = fx.to(torch.float32).reshape(-1), fy.to(torch.float32).reshape(-1)
     s2 = fx32 * fx32 + fy32 * fy32
     basis = torch.stack([s2, fx32 * fx32 - fy32 * fy32, 2.0 * fx32 * fy32, torch.ones_like(s2)])  # (4, M)
     chi = torch.as_tensor(coef, dtype=torch.float32, device=dev) @ basis
-    chi -= float(np.pi / 2.0 * float(params.cs) * 1e7 * lam**3) * (s2 * s2)
+    chi -= quartic * (s2 * s2)
     ctf = torch.sin(chi)
     if params.bfactor:
         ctf *= torch.exp(-float(params.bfactor) * s2 / 4.0)

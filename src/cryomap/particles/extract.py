@@ -172,7 +172,7 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
 
             images = resize_images(images, p.out_box)
         if p.phase_flip and len(images):
-            from cryomap.core.ctf import phase_flip_images
+            from cryomap.core.phase_flip import phase_flip_images
 
             images = phase_flip_images(images, ctf, p.out_apix)
         images = standardize_images(images, p.bg_radius, invert=p.invert, inplace=True)
@@ -183,7 +183,7 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
 
 def _job_ctf(pj: "_Prepared"):
     """The kept particles' CTF of a job (RELION columns of its rows), for phase flipping at extraction."""
-    from cryomap.core.ctf import ctf_params_from_table
+    from cryomap.core.ctf_params import ctf_params_from_table
 
     return ctf_params_from_table(pj.job.rows.loc[pj.kept].reset_index(drop=True))
 
@@ -286,7 +286,7 @@ def extract_particles(
     params = _Params(box=box, out_box=out_box, edge=edge, bg_radius=float(bg_radius), invert=invert,
                      phase_flip=phase_flip)
     if phase_flip:
-        from cryomap.core.ctf import missing_ctf_columns
+        from cryomap.core.ctf_params import missing_ctf_columns
 
         for job in jobs:
             missing = missing_ctf_columns(job.rows.columns)

@@ -44,6 +44,37 @@ def default_box(diameter_px: float) -> int:
     return b + (b % 2)
 
 
+def nearest_within(points: np.ndarray, queries: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each query (Q, 2), the index of the nearest of ``points`` (P, 2) and whether it lies within ``tolerance``.
+
+    Coordinates in px. Ties go to the lowest index; a query with no point within ``tolerance``
+    gets index 0 and ``False``. The candidates of a query are the points whose x lies within
+    ``tolerance`` of its own (a binary search on the points sorted by x), so the work is about
+    Q × (points per 2·tolerance-wide column). Written here rather than ``scipy.spatial.cKDTree``
+    because importing ``scipy.spatial`` took 0.38 s of a 3.6 s, 6,000-particle extraction.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    queries = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
+    idx = np.zeros(len(queries), dtype=np.int64)
+    matched = np.zeros(len(queries), dtype=bool)
+    if not len(points) or not len(queries):
+        return idx, matched
+    order = np.argsort(points[:, 0], kind="stable")
+    xs = points[order, 0]
+    lo = np.searchsorted(xs, queries[:, 0] - tolerance, side="left")
+    counts = np.searchsorted(xs, queries[:, 0] + tolerance, side="right") - lo
+    q = np.repeat(np.arange(len(queries)), counts)  # one entry per (query, candidate), by query
+    start = np.repeat(np.cumsum(counts) - counts, counts)
+    cand = order[np.repeat(lo, counts) + np.arange(len(q)) - start]
+    d2 = ((points[cand] - queries[q]) ** 2).sum(1)
+    best = np.lexsort((cand, d2, q))  # by query, then distance, then point index
+    first = best[np.r_[True, q[best][1:] != q[best][:-1]]] if len(best) else best
+    hit = d2[first] <= tolerance * tolerance
+    idx[q[first[hit]]] = cand[first[hit]]
+    matched[q[first[hit]]] = True
+    return idx, matched
+
+
 def match_star_rows(coords: pd.DataFrame, star_rows: pd.DataFrame | None, notes: set[str]) -> pd.DataFrame:
     """Attach STAR columns to CSV coordinates of one micrograph by nearest coordinate (≤ 2 px)."""
     out = coords[["x", "y"]].copy().reset_index(drop=True)
@@ -51,12 +82,9 @@ def match_star_rows(coords: pd.DataFrame, star_rows: pd.DataFrame | None, notes:
         out["diameter"] = coords["diameter"].to_numpy()
     if star_rows is None or not len(star_rows) or not {"rlnCoordinateX", "rlnCoordinateY"} <= set(star_rows.columns):
         return out
-    from scipy.spatial import cKDTree
-
     sx = star_rows["rlnCoordinateX"].to_numpy(float)
     sy = star_rows["rlnCoordinateY"].to_numpy(float)
-    dist, idx = cKDTree(np.column_stack([sx, sy])).query(out[["x", "y"]].to_numpy(float), k=1)
-    matched = dist <= MATCH_TOLERANCE_PX
+    idx, matched = nearest_within(np.column_stack([sx, sy]), out[["x", "y"]].to_numpy(float), MATCH_TOLERANCE_PX)
     carry = [c for c in star_rows.columns if c not in REWRITTEN]
     picked = star_rows.iloc[np.where(matched, idx, 0)][carry].reset_index(drop=True)
     for c in carry:

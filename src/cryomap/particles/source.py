@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from cryomap.core.ctf import CtfParams, ctf_params_from_table, missing_ctf_columns
+from cryomap.core.ctf_params import CtfParams, ctf_params_from_table, missing_ctf_columns
 from cryomap.errors import BadInputError
 
 Nonfinite = Literal["raise", "zero"]

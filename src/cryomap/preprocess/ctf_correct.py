@@ -3,7 +3,9 @@
 Images are taken as RELION stores extracted particles (contrast-inverted, so the molecule is bright
 and ``image = CTF ⊛ projection`` with RELION's CTF sign, positive at low frequency). The CTF of every
 image comes from its row (defocus U/V Å, astigmatism angle °, voltage kV, Cs mm, amplitude contrast,
-phase shift °, pixel size Å/px) through torch-ctf (:func:`cryomap.core.ctf.ctf_images`).
+phase shift °, pixel size Å/px): torch-ctf's formula, rendered by torch-ctf for the Wiener filter
+(:func:`cryomap.core.ctf.ctf_images`) and by its numpy twin for the phase flip
+(:mod:`cryomap.core.phase_flip`, which needs no torch).
 
 * :func:`phase_flip` multiplies each Fourier coefficient by the sign of the CTF: the image's
   spectrum then has the sign of the projection's everywhere the CTF is non-zero (amplitudes are

@@ -165,7 +165,7 @@ def _sgd(parts: FourierParticles, s: AbinitioSettings, rng: np.random.Generator,
         g = global_search(parts, rows, ext, rotations, shifts, r_px, sigma2, top_k=1)
         loc = local_search(parts, rows, ext, g.rotations, g.shifts_px, r_px, sigma2, step_deg=step / 2,
                            shift_step_px=0.5)
-        bp.grid *= s.momentum
+        bp.scale_(s.momentum)
         _insert(bp, parts, rows, loc.rotations, loc.shifts_px, sets)
         model = _model(bp, parts, r_px, mask, ops, s.wiener_constant)
         if t % 5 == 4:

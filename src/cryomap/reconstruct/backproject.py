@@ -311,9 +311,11 @@ def finish(bp: Backprojector, box: int, apix: float, *, symmetry: str = "C1", wi
     L = bp.L
     scale = L / box
     n1, n2 = (int(c) for c in bp.count)
-    halves = [bp.half_grids([h], ops if len(ops) > 1 else None) for h in (0, 1)]
-    if free:
-        bp.grid = torch.zeros(0)
+    halves = []
+    for h in (0, 1):
+        halves.append(bp.half_grids([h], ops if len(ops) > 1 else None))
+        if free:  # each set's grid goes as soon as its sums are taken: one grid less at the peak
+            bp.release(h)
     shells = _shell_index(L, scale, bp.device)
     n_shells = box // 2 + 1
     inside = shells <= (box // 2 if r_max is None else int(np.floor(r_max)))
@@ -325,6 +327,8 @@ def finish(bp: Backprojector, box: int, apix: float, *, symmetry: str = "C1", wi
         return (torch.bincount(flat, weights=w.reshape(-1).double(), minlength=n_shells + 1)[:n_shells] / counts).cpu().numpy()
 
     def lam_grid(lam_shell: np.ndarray) -> torch.Tensor:
+        if np.all(lam_shell == lam_shell[0]):  # a constant (the default): a scalar, not a grid-sized array
+            return torch.tensor(float(lam_shell[0]), dtype=torch.float32, device=bp.device)
         lam = torch.as_tensor(np.append(lam_shell, lam_shell[-1]), dtype=torch.float32, device=bp.device)
         return lam[flat].reshape(inside.shape)
 
@@ -344,9 +348,11 @@ def finish(bp: Backprojector, box: int, apix: float, *, symmetry: str = "C1", wi
         if wiener_constant is None and r < rounds - 1:
             f = np.clip(curve, 1e-3 / (1 + 1e-3), 1e3 / (1 + 1e3))
             lam_shell = np.maximum(mean_w_half, 1e-12) * (1.0 - f) / f
-    d = halves[0][0] + halves[1][0]
-    w = halves[0][1] + halves[1][1]
+    (d, w), (d1, w1) = halves  # the full sums, in the first half's memory (its map is made)
     del halves
+    d += d1
+    w += w1
+    del d1, w1
     full = _to_map(d, w, lam_grid(lam_shell), box, bp.interpolation, inside)
     if mask_diameter_A is None:
         radius = particle_radius(full, apix)
@@ -434,7 +440,7 @@ def backproject_arrays(
             futures = {pool.submit(_worker, t): t[2] - t[1] for t in tasks}
             for fut in as_completed(futures):
                 grid, count = fut.result()
-                bp.grid += torch.from_numpy(grid).to(bp.device)
+                bp.add_grid(torch.from_numpy(grid))
                 bp.count += count
                 if progress is not None:
                     progress(futures[fut])
