@@ -2,7 +2,8 @@
 
 Same input for everyone: 20 micrographs of 4096² float32 MRC, 300 particles each, a CTF per
 micrograph. Every measurement runs in its own process (wall time of the job, peak RSS from
-``ru_maxrss``), all in the same run:
+``ru_maxrss``), all in the same run, three rounds taking the tools in turn (medians; the largest
+RSS):
 
 * **cryomap** ``extract`` (the command, 1 worker): cut + RELION background normalisation, and the
   same + phase flip (``--phase-flip``), box 128 and 256, writing ``particles.mrcs`` + ``particles.star``;
@@ -18,7 +19,8 @@ micrograph. Every measurement runs in its own process (wall time of the job, pea
 Then cryomap's extraction + preprocessing (standardize, phase-flip, clahe, guided) of 1,000 and
 100,000 particles (64 px; micrographs reused through links), peak memory of each, ratio ≤ 1.5.
 
-``python -m benchmarks scale``; JSON in ``bench_out/bench_scale.json``. ``CRYOMAP_BENCH_QUICK=1``
+Before every measured run the benchmark flushes dirty pages (``os.sync``), so a tool does not pay
+for the previous tool's writes. ``python -m benchmarks scale``; JSON in ``bench_out/bench_scale.json``. ``CRYOMAP_BENCH_QUICK=1``
 uses 4 micrographs and 1k/10k particles (a smoke run).
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +42,8 @@ QUICK = os.environ.get("CRYOMAP_BENCH_QUICK") == "1"
 MIC = 4096
 PER_MIC = 300
 APIX = 1.0
+#: Rounds of every tool in every setting (medians reported); ``CRYOMAP_BENCH_SCALE_REPEATS``
+REPEATS = int(os.environ.get("CRYOMAP_BENCH_SCALE_REPEATS", "1" if QUICK else "3"))
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / ".venv-peers" / "bin" / "python"
 
@@ -168,7 +173,16 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "particles": src.n,
 '''
 
 
+def _settle() -> None:
+    """Flush every dirty page to disk before a measured run, so that no tool pays for the writes and
+    deletions of the one before it. Without it the first tool after a row's clean-up (always cryomap)
+    took 7.4 s instead of 2.1–2.7 s at box 128: the kernel was writing back and discarding the
+    previous row's gigabytes while it wrote (ext4 mounted with ``discard``)."""
+    os.sync()
+
+
 def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> dict:
+    _settle()
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or ROOT, env=env)
     if res.returncode:
@@ -192,6 +206,7 @@ def run_relion(data: Path, out: Path, box: int, flip: bool) -> dict:
            str(out / "particles.star"), "--part_dir", str(out / "Particles") + "/", "--extract", "--extract_size",
            str(box), "--norm", "--bg_radius", str(int(0.75 * box / 2))] + (["--phase_flip"] if flip else [])
     timer = shutil.which("time") or "/usr/bin/time"
+    _settle()
     t0 = time.perf_counter()
     if Path(timer).exists():
         res = subprocess.run([timer, "-f", "%M", *cmd], capture_output=True, text=True, cwd=data)
@@ -206,28 +221,47 @@ def run_relion(data: Path, out: Path, box: int, flip: bool) -> dict:
     return {"seconds": time.perf_counter() - t0, "maxrss_mb": rss}
 
 
+def _one_run(tool: str, data: Path, d: Path, box: int, flip: bool) -> dict:
+    """One measured run of ``tool`` writing into the fresh folder ``d``."""
+    if tool == "cryomap":
+        return _run(_py(f"import benchmarks.bench_scale as b; b.child_cryomap({str(data)!r}, {str(d)!r}, {box}, {flip})"))
+    d.mkdir()
+    if tool == "ASPIRE":
+        if not PEERS.exists():
+            return {"error": "ASPIRE not installed: python -m venv .venv-peers && .venv-peers/bin/pip install aspire==0.14.3"}
+        return _run([str(PEERS), "-c", ASPIRE_CODE, str(data), str(d), str(box), "1" if flip else "0"], cwd=d)
+    if tool == "RELION":
+        return run_relion(data, d, box, flip)
+    return _run(_py(f"import benchmarks.bench_scale as b; b.child_numpy({str(data)!r}, {str(d)!r}, {box})"))
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The median wall time and the largest peak RSS of repeated runs (an error if any run failed)."""
+    bad = [r for r in runs if "seconds" not in r]
+    if bad:
+        return bad[0]
+    rss = [r["maxrss_mb"] for r in runs if r.get("maxrss_mb")]
+    return {"seconds": float(statistics.median(r["seconds"] for r in runs)), "maxrss_mb": max(rss) if rss else None,
+            "all_seconds": [round(r["seconds"], 2) for r in runs]}
+
+
 def extraction_table(data: Path, work: Path) -> list[dict]:
+    """Every tool in every setting, :data:`REPEATS` rounds taking the tools in turn; medians and ratios."""
     rows = []
     n_particles = len(list((data / "micrographs").glob("*.mrc"))) * PER_MIC
     floor = _run(_py(f"import benchmarks.bench_scale as b; b.child_read_floor({str(data)!r})"))
     for box in (128, 256):
         for flip in (False, True):
-            out = {}
-            d = work / f"cm_{box}_{flip}"
-            out["cryomap"] = _run(_py(f"import benchmarks.bench_scale as b; b.child_cryomap({str(data)!r}, {str(d)!r}, {box}, {flip})"))
-            if PEERS.exists():
-                d = work / f"as_{box}_{flip}"
-                d.mkdir()
-                out["ASPIRE"] = _run([str(PEERS), "-c", ASPIRE_CODE, str(data), str(d), str(box), "1" if flip else "0"], cwd=d)
-            else:
-                out["ASPIRE"] = {"error": "ASPIRE not installed: python -m venv .venv-peers && .venv-peers/bin/pip install aspire==0.14.3"}
-            d = work / f"re_{box}_{flip}"
-            d.mkdir()
-            out["RELION"] = run_relion(data, d, box, flip)
-            if not flip:
-                d = work / f"np_{box}"
-                d.mkdir()
-                out["numpy floor"] = _run(_py(f"import benchmarks.bench_scale as b; b.child_numpy({str(data)!r}, {str(d)!r}, {box})"))
+            tools = ["cryomap", "ASPIRE", "RELION"] + ([] if flip else ["numpy floor"])
+            runs: dict[str, list[dict]] = {t: [] for t in tools}
+            for rep in range(REPEATS):
+                for t in tools:
+                    if runs[t] and "error" in runs[t][-1]:  # a missing or failing peer is not retried
+                        continue
+                    d = work / f"{t.replace(' ', '_')}_{box}_{flip}_{rep}"
+                    runs[t].append(_one_run(t, data, d, box, flip))
+                    shutil.rmtree(d, ignore_errors=True)
+            out = {t: _median_run(r) for t, r in runs.items()}
             cm = out["cryomap"].get("seconds")
             row = {"box": box, "phase flip": flip, "particles": n_particles}
             for name, r in out.items():
@@ -237,9 +271,8 @@ def extraction_table(data: Path, work: Path) -> list[dict]:
                 if name != "cryomap" and cm and "seconds" in r:
                     row[f"{name}/cryomap"] = round(r["seconds"] / cm, 2)
             row["read floor s"] = round(floor.get("seconds", float("nan")), 2)
+            row["runs s"] = {t: r.get("all_seconds") for t, r in out.items()}
             rows.append(row)
-            for p in work.iterdir():
-                shutil.rmtree(p, ignore_errors=True)
     return rows
 
 
@@ -299,8 +332,11 @@ def main() -> None:
         (d / "work").mkdir()
         t0 = time.perf_counter()
         result["extraction"] = extraction_table(data, d / "work")
-        print_rows(f"extraction, {result['extraction'][0]['particles']} particles from 4096² micrographs "
-               f"({time.perf_counter() - t0:.0f} s)", result["extraction"])
+        print_rows(f"extraction, {result['extraction'][0]['particles']} particles from 4096² micrographs, "
+                   f"medians of {REPEATS} ({time.perf_counter() - t0:.0f} s)",
+                   [{k: v for k, v in r.items() if k != "runs s"} for r in result["extraction"]])
+        for r in result["extraction"]:
+            print(f"  box {r['box']}, flip {r['phase flip']}: every run (s) {r['runs s']}")
         shutil.rmtree(data)
         t0 = time.perf_counter()
         result["memory"] = memory_table(d)

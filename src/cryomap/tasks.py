@@ -1,7 +1,8 @@
 """Where per-micrograph and per-chunk tasks run: in this process, on a local Dask cluster, or on an
 existing Dask cluster — with results in submission order, retries, and a bounded number in flight.
 
-``TaskRunner(workers=1)`` runs tasks inline (no cluster, no pickling); ``workers=N`` (N > 1) starts
+``TaskRunner(workers=1)`` runs tasks inline (no cluster, no pickling; ``threads=2`` runs two at a
+time in this process, for tasks that spend their time in C with the GIL released); ``workers=N`` (N > 1) starts
 a local ``dask.distributed`` cluster of N single-threaded worker processes for the duration of the
 run; ``scheduler="tcp://host:8786"`` joins a running cluster instead (start one with
 ``dask scheduler`` and ``dask worker tcp://host:8786 --nthreads 1`` on each node, or with
@@ -43,10 +44,11 @@ class TaskRunner:
     """Run ``fn(context, *args)`` for many ``args`` and yield results in order (see the module doc)."""
 
     def __init__(self, workers: int = 1, scheduler: str | None = None, *, retries: int = 2,
-                 window: int | None = None) -> None:
+                 window: int | None = None, threads: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"workers must be ≥ 1, got {workers}")
         self.workers = int(workers)
+        self.threads = max(1, int(threads))  # inline only: tasks run in this many threads, results still in order
         self.scheduler = scheduler
         self.retries = int(retries)
         self.window = window
@@ -94,8 +96,11 @@ class TaskRunner:
         if self._client is None:
             if self.distributed:
                 raise RuntimeError("use the TaskRunner as a context manager to start its cluster")
-            for args in arg_list:
-                yield self._inline(fn, context, args)
+            if self.threads == 1:
+                for args in arg_list:
+                    yield self._inline(fn, context, args)
+                return
+            yield from self._threaded(fn, context, arg_list)
             return
         ctx = self._client.scatter(context, broadcast=True, hash=False) if context is not None else None
         window = self.window or 2 * self.n_workers
@@ -107,6 +112,19 @@ class TaskRunner:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+    def _threaded(self, fn: Callable, context: Any, arg_list: Iterable[tuple]) -> Iterator[Any]:
+        """Inline tasks in :attr:`threads` threads, at most that many in flight, yielded in submission order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            pending: deque = deque()
+            for args in arg_list:
+                pending.append(pool.submit(self._inline, fn, context, args))
+                if len(pending) >= self.threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def _inline(self, fn: Callable, context: Any, args: tuple) -> Any:
         for attempt in range(self.retries + 1):
