@@ -115,7 +115,6 @@ def test_a_crashed_extraction_resumes_without_redoing_finished_micrographs(datas
     assert seen.count("mic_2.mrc") == 3  # tried three times (two retries)
     # two micrographs run at a time: mic_3 may have started beside mic_2, but results are journaled in order
     assert {"mic_0.mrc", "mic_1.mrc"} <= set(seen) <= {"mic_0.mrc", "mic_1.mrc", "mic_2.mrc", "mic_3.mrc"}
-    first_two = ["mic_0.mrc", "mic_1.mrc"]
     seen.clear()
     monkeypatch.setattr(ex, "extract_micrograph", lambda p, path, *a: (seen.append(Path(path).name), real(p, path, *a))[1])
     res = extract_particles(dataset, tmp_path / "out", box=32, progress=False, resume=True)
