@@ -27,9 +27,8 @@ Choices where the spec is silent (also in docs/io_extract.md):
 
 from __future__ import annotations
 
-import os
-
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
