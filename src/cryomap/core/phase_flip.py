@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryomap.core.ctf_params import CtfParams, ctf_grid, ctf_phase_coefficients
+from cryomap.core.ctf_params import CtfParams, ctf_grid, ctf_phase_coefficients, unique_ctfs
 
 #: Bytes of sign patterns rendered ahead (one per distinct CTF); beyond it each image renders its own.
 PRERENDER_BYTES = 32 << 20
@@ -57,7 +57,7 @@ def _sign_filter(coef: np.ndarray, quartic: float, apix: float, shape: tuple[int
 def phase_flip_images(images: np.ndarray, params: CtfParams, apix: float, threads: int | None = None) -> np.ndarray:
     """Images (N, H, W) × sign(CTF) in Fourier space, each by its own CTF (``apix`` Å/px); float32, a new array.
 
-    ``threads``: as :func:`cryomap.core.threads.for_each_image` (None: by image size); the bytes
+    ``threads``: as :func:`cryomap.core.threads.for_each_image` (None: :func:`~cryomap.core.threads.image_threads`, at every image size); the bytes
     do not depend on it.
     """
     import cv2
@@ -70,10 +70,8 @@ def phase_flip_images(images: np.ndarray, params: CtfParams, apix: float, thread
     if len(params) != len(imgs):
         raise ValueError(f"{len(imgs)} images but {len(params)} CTFs")
     n, h, w = imgs.shape
-    coef, quartic = ctf_phase_coefficients(params)
-    coef = np.broadcast_to(coef, (n, 4)) if len(coef) == 1 else coef
-    unique, index = np.unique(coef, axis=0, return_inverse=True)  # a micrograph's particles usually share one CTF
-    index = index.reshape(-1)
+    distinct, index = unique_ctfs(params)  # a micrograph's particles usually share one CTF
+    unique, quartic = ctf_phase_coefficients(distinct)
     even = h % 2 == 0 and w % 2 == 0
     flags = 0 if even else cv2.DFT_COMPLEX_OUTPUT
     back = cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
