@@ -309,3 +309,52 @@ def test_stack_per_micrograph_matches_single_stack(tmp_path):
     idx, stacks = image_locations(table)
     images = np.stack([np.asarray(read_stack(s).data)[i] for i, s in zip(idx, stacks)])
     np.testing.assert_array_equal(images, np.asarray(read_stack(one.stack_path).data))
+
+
+@pytest.mark.parametrize("options", [{}, {"phase_flip": True, "invert": True}, {"edge": "pad"},
+                                     {"stack_per_micrograph": True}, {"bin_factor": 2.0}])
+def test_particles_in_small_chunks_write_the_bytes_of_one_chunk(tmp_path, monkeypatch, options):
+    """A micrograph's particles are processed and written in buffers of CHUNK_BYTES (one positioned write
+    each): two particles a buffer give the bytes of all of a micrograph's particles in one, header
+    statistics included, whatever the steps (phase flip, edge padding, one stack per micrograph). Binning is
+    torch's batched FFT, whose last bits depend on the batch size: equal to float32 rounding there."""
+    import cryomap.particles.extract as extract_module
+
+    root = make_dataset(tmp_path / "ds", n_mics=3, with_star=True)
+    whole = extract_particles(root, tmp_path / "whole", 32, progress=False, **options)
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 2 * 4 * whole.out_box**2)
+    small = extract_particles(root, tmp_path / "small", 32, progress=False, **options)
+    assert small.n_particles == whole.n_particles > 2
+    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*.mrcs"))
+    assert files
+    for name in files:
+        if "bin_factor" in options:
+            np.testing.assert_allclose(read_stack(tmp_path / "small" / name).data, read_stack(tmp_path / "whole" / name).data,
+                                       rtol=0, atol=1e-5)
+            continue
+        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_stack_header_statistics_are_those_of_the_particles(tmp_path):
+    """dmin, dmax, dmean and rms of the written stack: the extremes exactly, mean and rms to float32 rounding."""
+    root = make_dataset(tmp_path / "ds", n_mics=3)
+    res = extract_particles(root, tmp_path / "out", 32, edge="pad", progress=False)
+    with mrcfile.open(res.stack_path) as mrc:
+        data, h = np.asarray(mrc.data, dtype=np.float64), mrc.header
+        assert len(data) == int(h.nz) == res.n_particles == 12
+        assert float(h.dmin) == data.min() and float(h.dmax) == data.max()
+        assert float(h.dmean) == pytest.approx(data.mean(), abs=1e-6)
+        assert float(h.rms) == pytest.approx(data.std(), rel=1e-6)
+
+
+def test_a_nan_pixel_outside_every_box_still_refuses_the_micrograph(tmp_path):
+    """The finite check reads the whole micrograph, not only its boxes: a NaN anywhere is a corrupt file."""
+    root = make_dataset(tmp_path / "ds", n_mics=2)
+    img = blob_micrograph((96, 128), [(30, 30)])
+    img[95, 127] = np.inf
+    write_mrc(root / "micrographs" / "mic_1.mrc", img, APIX, force=True)
+    with pytest.raises(BadInputError, match="NaN or infinite") as err:
+        extract_particles(root, tmp_path / "out", 32, progress=False)
+    assert err.value.path.name == "mic_1.mrc"
+    res = extract_particles(root, tmp_path / "out", 32, skip_bad=True, progress=False)
+    assert res.n_micrographs == 1 and res.skipped_micrographs[0][0].endswith("mic_1.mrc")

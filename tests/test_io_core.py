@@ -71,3 +71,19 @@ def test_stack_writer_header_is_an_mrc2014_image_stack(tmp_path):
     import io
 
     assert mrcfile.validate(tmp_path / "s.mrcs", print_file=io.StringIO())
+
+
+def test_all_finite_finds_nan_and_infinities_anywhere_and_no_false_alarm():
+    """The micrograph check: one NaN, +inf or −inf anywhere is found, in contiguous images and strided views;
+    finite values near float32's maximum, whose float32 sum would overflow, are not an alarm."""
+    from cryomap.io.micrograph import all_finite
+
+    big = np.full((512, 700), 3.0e38, dtype=np.float32)
+    big[::2] *= -1
+    assert all_finite(big) and all_finite(big[10:50, 3:600])
+    for bad in (np.nan, np.inf, -np.inf):
+        img = np.zeros((300, 257), dtype=np.float32)
+        img[299, 256] = bad
+        assert not all_finite(img)
+        assert not all_finite(img[200:, 100:]) and all_finite(img[:299, :])
+    assert not all_finite(np.array([[1.0, np.nan]]))  # float64 goes the numpy way

@@ -93,6 +93,36 @@ def test_standardize_box_and_ring():
     assert np.all(standardize(np.full((1, 8, 8), 3.0)) == 0)  # constant: zeros, no NaN
 
 
+def test_standardizing_windows_of_a_micrograph_is_standardizing_their_copies():
+    """Windows read where they lie (strided views, as extraction passes them) give the bytes of contiguous
+    copies, in place or not; the ring of each result has mean 0 and std 1; the statistics returned are the
+    result's min, max, sum and sum of squares."""
+    from cryomap.core.images import background_mask, standardize_images
+
+    rng = np.random.default_rng(5)
+    mic = (rng.normal(size=(120, 150)) * 3 + 40).astype(np.float32)
+    mic[50:70, 60:80] += 25  # a particle-like bright patch inside some boxes
+    before = mic.copy()
+    corners = [(0, 0), (10, 37), (55, 61), (88, 118), (40, 70)]
+    windows = [mic[y:y + 32, x:x + 32] for y, x in corners]
+    copies = np.stack(windows)
+    stats = np.empty((len(windows), 4))
+    out = standardize_images(windows, 12.0, invert=True, stats=stats)
+    np.testing.assert_array_equal(out, standardize_images(copies, 12.0, invert=True))
+    in_place = copies.copy()
+    assert standardize_images(in_place, 12.0, invert=True, inplace=True) is in_place
+    np.testing.assert_array_equal(in_place, out)
+    ring = background_mask(32, 12.0)
+    np.testing.assert_allclose(out[:, ring].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(out[:, ring].std(axis=1), 1, atol=1e-5)
+    flat = out.reshape(len(out), -1).astype(np.float64)
+    np.testing.assert_array_equal(stats[:, 0], flat.min(axis=1))
+    np.testing.assert_array_equal(stats[:, 1], flat.max(axis=1))
+    np.testing.assert_allclose(stats[:, 2], flat.sum(axis=1), atol=1e-9)
+    np.testing.assert_allclose(stats[:, 3], (flat**2).sum(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(mic, before)  # the windows were read, not written
+
+
 def test_topaz_denoises_and_normalises_each_image_on_its_own():
     from cryomap.preprocess.denoise import load_topaz
 

@@ -137,7 +137,8 @@ def discover(dataset_dir: str | Path) -> CryopppDataset:
         star_df = read_star(star_path).particles
         if "rlnMicrographName" not in star_df:
             raise BadInputError("STAR file has no rlnMicrographName column to pair particles with micrographs", star_path)
-        keys = star_df["rlnMicrographName"].map(micrograph_key)
+        names = star_df["rlnMicrographName"]
+        keys = names.map({n: micrograph_key(n) for n in names.unique()})  # one key per micrograph, not per row
         for k, rows in star_df.groupby(keys, sort=False):
             star_groups[str(k)] = rows
         for k in sorted(set(star_groups) - set(by_key)):

@@ -166,6 +166,22 @@ def read_micrograph(path: str | Path, apix: float | None = None, *, mmap: bool =
         arr = _read_image(path)
     if arr.ndim != 2:
         raise BadInputError(f"expected a 2D micrograph, found an array of shape {arr.shape}", path)
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr):
         raise BadInputError("contains NaN or infinite pixels", path)
     return MrcData(arr if arr.dtype == np.float32 else arr.astype(np.float32), None if apix is None else float(apix), origin)  # type: ignore[arg-type]
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """True when no pixel of an image is NaN or ±inf.
+
+    A float32 image is summed in double by OpenCV (``sumElems``): a NaN or an infinity anywhere makes
+    the sum non-finite, and finite float32 pixels cannot overflow a double. One vectorised pass
+    with no temporary: on 4096² micrographs half the time of ``np.isfinite(a).all()``, which makes
+    an image-sized boolean array (``cv2.checkRange`` took longer still).
+    """
+    import cv2
+
+    a = np.asarray(arr)
+    if a.dtype != np.float32 or a.ndim != 2:
+        return bool(np.isfinite(a).all())
+    return bool(np.isfinite(cv2.sumElems(a)[0]))

@@ -236,8 +236,13 @@ class StackTarget:
     box: int
     dtype: str = "<f4"
 
-    def write(self, index: int, images: np.ndarray) -> tuple[int, float, float, float, float]:
-        """Write images (k, box, box) at 0-based image ``index``; return (k, min, max, sum, sum of squares)."""
+    def write(self, index: int, images: np.ndarray, stats: np.ndarray | None = None) -> tuple[int, float, float, float, float]:
+        """Write images (k, box, box) at 0-based image ``index``; return (k, min, max, sum, sum of squares).
+
+        ``stats``: each image's (min, max, sum, sum of squares) (k, 4) when the caller took them
+        while the images were in cache (:func:`cryomap.core.images.image_stats`); else they are
+        taken here, one image at a time (sums in double, no batch-sized copy).
+        """
         import os
 
         images = np.asarray(images, dtype=np.float32)
@@ -258,12 +263,20 @@ class StackTarget:
                 view, pos = view[written:], pos + written
         finally:
             os.close(fd)
-        total = total_sq = 0.0
-        for im in images:  # float64 accumulation one image at a time (no batch-sized copy)
-            flat = im.ravel().astype(np.float64)
-            total += float(flat.sum())
-            total_sq += float(np.square(flat).sum())  # not np.dot: threaded BLAS is slow on busy machines
-        return k, float(images.min()), float(images.max()), total, total_sq
+        if stats is None:
+            from cryomap.core.images import image_stats
+
+            stats = np.array([image_stats(im) for im in images], dtype=np.float64).reshape(k, 4)
+        return combine_stats(stats)
+
+
+def combine_stats(stats: np.ndarray) -> tuple[int, float, float, float, float]:
+    """(k, min, max, sum, sum of squares) of k images from their rows of (min, max, sum, sum of squares), (k, 4):
+    what :meth:`StackWriter.record` takes."""
+    stats = np.asarray(stats, dtype=np.float64).reshape(-1, 4)
+    if not len(stats):
+        return 0, np.inf, -np.inf, 0.0, 0.0
+    return len(stats), float(stats[:, 0].min()), float(stats[:, 1].max()), float(stats[:, 2].sum()), float(stats[:, 3].sum())
 
 
 class StackWriter:

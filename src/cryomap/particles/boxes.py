@@ -24,16 +24,17 @@ def box_fits(xc: np.ndarray, yc: np.ndarray, box: int, shape: tuple[int, int]) -
     return (x0 >= 0) & (y0 >= 0) & (x0 + box <= shape[1]) & (y0 + box <= shape[0])
 
 
-def cut_boxes(
+def box_windows(
     micrograph: np.ndarray, xc: np.ndarray, yc: np.ndarray, box: int, edge: str = "skip",
     bg_radius: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut ``box``×``box`` windows at integer centres; returns (images, kept, padded).
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The ``box``×``box`` windows at integer centres, uncopied; returns (windows, kept, padded).
 
-    ``edge="skip"`` drops boxes that leave the micrograph (``kept`` is False for them);
-    ``edge="pad"`` keeps them and fills the pixels outside the micrograph with the mean of the
-    box's in-micrograph background pixels (outside ``bg_radius``; all in-micrograph pixels when
-    none of those lie inside), flagging them in ``padded``. ``images`` holds the kept boxes only.
+    A box inside the micrograph is a view of it (read where it lies: no copy). ``edge="skip"``
+    drops boxes that leave the micrograph (``kept`` is False for them); ``edge="pad"`` keeps them
+    as new arrays whose pixels outside the micrograph hold the mean of the box's in-micrograph
+    background pixels (outside ``bg_radius``; all in-micrograph pixels when none of those lie
+    inside), flagging them in ``padded``. ``windows`` holds the kept boxes only, in order.
     """
     if edge not in EDGE_POLICIES:
         raise ValueError(f"edge policy must be one of {EDGE_POLICIES}, got {edge!r}")
@@ -42,24 +43,41 @@ def cut_boxes(
     fits = box_fits(xc, yc, box, micrograph.shape)
     kept = fits.copy() if edge == "skip" else np.ones(len(xc), dtype=bool)
     padded = kept & ~fits
-    out = np.empty((int(kept.sum()), box, box), dtype=np.float32)
     half = box // 2
-    bg = background_mask(box, bg_radius if bg_radius is not None else 0.75 * box / 2)
-    rows, cols = micrograph.shape
-    for k, i in enumerate(np.flatnonzero(kept)):
+    windows = []
+    for i in np.flatnonzero(kept):
         y0, x0 = int(yc[i]) - half, int(xc[i]) - half
         if fits[i]:
-            out[k] = micrograph[y0 : y0 + box, x0 : x0 + box]
-            continue
-        # pad: copy the part inside the micrograph, fill the rest with the background mean
-        inside = np.zeros((box, box), dtype=bool)
-        ya, yb = max(y0, 0), min(y0 + box, rows)
-        xa, xb = max(x0, 0), min(x0 + box, cols)
-        img = np.zeros((box, box), dtype=np.float32)
-        if ya < yb and xa < xb:
-            img[ya - y0 : yb - y0, xa - x0 : xb - x0] = micrograph[ya:yb, xa:xb]
-            inside[ya - y0 : yb - y0, xa - x0 : xb - x0] = True
-        sel = inside & bg if (inside & bg).any() else inside
-        img[~inside] = float(img[sel].mean()) if sel.any() else 0.0
-        out[k] = img
+            windows.append(micrograph[y0 : y0 + box, x0 : x0 + box])
+        else:
+            windows.append(_padded_box(micrograph, y0, x0, box, bg_radius))
+    return windows, kept, padded
+
+
+def _padded_box(micrograph: np.ndarray, y0: int, x0: int, box: int, bg_radius: float | None) -> np.ndarray:
+    """The box with corner (y0, x0) px that leaves the micrograph: the part inside copied, the rest the
+    mean of the in-micrograph background pixels (see :func:`box_windows`)."""
+    rows, cols = micrograph.shape
+    bg = background_mask(box, bg_radius if bg_radius is not None else 0.75 * box / 2)
+    inside = np.zeros((box, box), dtype=bool)
+    ya, yb = max(y0, 0), min(y0 + box, rows)
+    xa, xb = max(x0, 0), min(x0 + box, cols)
+    img = np.zeros((box, box), dtype=np.float32)
+    if ya < yb and xa < xb:
+        img[ya - y0 : yb - y0, xa - x0 : xb - x0] = micrograph[ya:yb, xa:xb]
+        inside[ya - y0 : yb - y0, xa - x0 : xb - x0] = True
+    sel = inside & bg if (inside & bg).any() else inside
+    img[~inside] = float(img[sel].mean()) if sel.any() else 0.0
+    return img
+
+
+def cut_boxes(
+    micrograph: np.ndarray, xc: np.ndarray, yc: np.ndarray, box: int, edge: str = "skip",
+    bg_radius: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`box_windows` copied into one float32 array (k, box, box); returns (images, kept, padded)."""
+    windows, kept, padded = box_windows(micrograph, xc, yc, box, edge, bg_radius)
+    out = np.empty((len(windows), box, box), dtype=np.float32)
+    for k, window in enumerate(windows):
+        out[k] = window
     return out, kept, padded

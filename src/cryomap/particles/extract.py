@@ -52,6 +52,9 @@ STAR_NAME = "particles.star"
 #: Micrographs extracted at once in one process (``--workers 1``): reading, cutting, the DFTs and the
 #: writes release the GIL, so two overlap on two cores. Output bytes do not depend on it.
 INLINE_THREADS = int(os.environ.get("CRYOMAP_EXTRACT_THREADS", "2"))
+#: Bytes of particles a task processes before writing them (one positioned write each): 64 images of
+#: 256² px. A micrograph's particles never sit in memory all at once.
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass
@@ -142,13 +145,11 @@ class _FileTarget:
     path: Path
     apix: float
 
-    def write(self, index: int, images: np.ndarray) -> tuple[int, float, float, float, float]:
+    def open(self, n: int, box: int):
+        """A :class:`~cryomap.io.mrc.StackWriter` for this micrograph's ``n`` images of ``box`` px."""
         from cryomap.io.mrc import StackWriter
 
-        with StackWriter(self.path, n=len(images), box=images.shape[-1], apix=self.apix, force=True) as w:
-            stats = w.target.write(0, images)
-            w.record(0, stats)
-        return stats
+        return StackWriter(self.path, n=n, box=box, apix=self.apix, force=True)
 
 
 def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, target, index: int,
@@ -160,29 +161,75 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
     :class:`~cryomap.io.mrc.StackTarget`), only statistics come back (a picklable dict with
     ``stats`` for :meth:`StackWriter.record`, or ``error`` and ``path``). ``ctf``: the kept
     particles' :class:`~cryomap.core.ctf.CtfParams` when phase flipping.
+
+    Each particle goes through every step while it is in cache: read where it lies in the
+    memory-mapped micrograph, (phase-flipped,) normalised into a buffer of at most
+    :data:`CHUNK_BYTES`, its header statistics taken; each full buffer is one positioned write.
     """
-    from cryomap.core.images import standardize_images
     from cryomap.io.micrograph import read_micrograph
-    from cryomap.particles.boxes import cut_boxes
+    from cryomap.io.mrc import combine_stats
+    from cryomap.particles.boxes import box_windows
 
     try:
-        mic = read_micrograph(path, mmap=True)
-        images, kept, _ = cut_boxes(mic.data, xi, yi, p.box, p.edge, p.bg_radius * p.box / p.out_box)
-        del mic
-        if len(images) != n_expected:
-            raise BadInputError(f"image size differs from its header ({len(images)} boxes fit, header says {n_expected})", path)
-        if images.shape[-1] != p.out_box:
-            from cryomap.core.fourier import resize_images  # imports torch: only when binning (~2 s of start-up)
+        mic = read_micrograph(path, apix=1.0, mmap=True)  # the pixel size comes from the plan
+        windows, _, _ = box_windows(mic.data, xi, yi, p.box, p.edge, p.bg_radius * p.box / p.out_box)
+        if len(windows) != n_expected:
+            raise BadInputError(f"image size differs from its header ({len(windows)} boxes fit, header says {n_expected})", path)
+        stats = np.empty((len(windows), 4), dtype=np.float64)
+        step = max(1, CHUNK_BYTES // (4 * p.out_box * p.out_box))
+        buffer = np.empty((min(step, len(windows)), p.out_box, p.out_box), dtype=np.float32)
+        flip = None
+        if p.phase_flip and len(windows):
+            from cryomap.core.phase_flip import PhaseFlip
 
-            images = resize_images(images, p.out_box)
-        if p.phase_flip and len(images):
-            from cryomap.core.phase_flip import phase_flip_images
-
-            images = phase_flip_images(images, ctf, p.out_apix)
-        images = standardize_images(images, p.bg_radius, invert=p.invert, inplace=True)
-        return {"stats": list(target.write(index, images))}
+            flip = PhaseFlip(ctf, p.out_apix, (p.out_box, p.out_box))
+        own = target.open(len(windows), p.out_box) if isinstance(target, _FileTarget) else None
+        sink, offset = (own.target, 0) if own is not None else (target, index)
+        try:
+            for start in range(0, len(windows), step):
+                stop = min(start + step, len(windows))
+                out = buffer[: stop - start]
+                _process_boxes(p, windows[start:stop], out, stats[start:stop], flip, start)
+                sink.write(offset + start, out, stats=stats[start:stop])
+        except BaseException:
+            if own is not None:
+                own.abort()
+            raise
+        if own is not None:
+            own.record(0, combine_stats(stats))
+            own.close()
+        return {"stats": list(combine_stats(stats))}
     except CryomapError as err:
         return {"error": err.message, "path": str(err.path or path)}
+
+
+def _process_boxes(p: _Params, windows: list[np.ndarray], out: np.ndarray, stats: np.ndarray, flip, first: int) -> None:
+    """Boxes → ``out`` (k, out_box, out_box): binned, phase-flipped (``flip``: a
+    :class:`~cryomap.core.phase_flip.PhaseFlip` for particles ``first`` …), background-normalised
+    (inverted), with each image's header statistics in ``stats`` (k, 4)."""
+    from cryomap.core.images import Standardizer, image_stats
+    from cryomap.core.threads import for_each_image
+
+    sources = windows
+    if p.out_box != p.box:
+        from cryomap.core.fourier import resize_images  # imports torch: only when binning (~2 s of start-up)
+
+        stacked = np.empty((len(windows), p.box, p.box), dtype=np.float32)
+        for k, window in enumerate(windows):
+            stacked[k] = window
+        sources = resize_images(stacked, p.out_box)
+    standardizer = Standardizer(out.shape[1:], p.bg_radius, p.invert)
+
+    def one(k: int) -> None:
+        src = sources[k]
+        if flip is not None:
+            flip.apply(first + k, src, out[k])
+            src = out[k]
+        standardizer.apply(src, out[k])
+        stats[k] = image_stats(out[k])
+
+    # micrographs already run INLINE_THREADS at a time: their particles then take one thread each
+    for_each_image(one, len(out), 1 if INLINE_THREADS > 1 else None, p.out_box * p.out_box)
 
 
 def _job_ctf(pj: "_Prepared"):

@@ -87,15 +87,16 @@ def match_star_rows(coords: pd.DataFrame, star_rows: pd.DataFrame | None, notes:
     idx, matched = nearest_within(np.column_stack([sx, sy]), out[["x", "y"]].to_numpy(float), MATCH_TOLERANCE_PX)
     carry = [c for c in star_rows.columns if c not in REWRITTEN]
     picked = star_rows.iloc[np.where(matched, idx, 0)][carry].reset_index(drop=True)
-    for c in carry:
-        if matched.all():
-            out[c] = picked[c]  # keeps the STAR's dtypes (integers stay integers)
-            continue
-        col = picked[c].astype(object) if picked[c].dtype.kind not in "fiub" else picked[c].astype(float)
-        col[~matched] = np.nan
-        out[c] = col
-    out.loc[matched, "x"] = sx[idx[matched]]
-    out.loc[matched, "y"] = sy[idx[matched]]
+    if not matched.all():  # the STAR's dtypes where every row matched (integers stay integers)
+        for c in carry:
+            col = picked[c].astype(object) if picked[c].dtype.kind not in "fiub" else picked[c].astype(float)
+            col[~matched] = np.nan
+            picked[c] = col
+    out = pd.concat([out.drop(columns=[c for c in carry if c in out.columns]), picked], axis=1)
+    for axis, star_axis in (("x", sx), ("y", sy)):
+        values = out[axis].to_numpy(float).copy()
+        values[matched] = star_axis[idx[matched]]
+        out[axis] = values
     if not matched.all():
         notes.add(f"particles without a STAR row within {MATCH_TOLERANCE_PX:g} px took their micrograph's median CTF")
         for c in CTF_COLUMNS:
