@@ -14,13 +14,16 @@ RSS):
   process; skipped when absent);
 * **numpy floor**: a plain script — memory-map each micrograph, slice the boxes, normalise the
   background ring, write the stack — the least work Python can do for the job;
-* **read floor**: touching every byte of the same memory-mapped micrographs once.
+* **read floor**: touching every byte of the same memory-mapped micrographs once;
+* **write floor**: writing the stack's bytes (16 MiB positioned writes of one buffer) into a new file,
+  in the same rotation as the tools: what this machine charges any tool for its output.
 
 Then cryomap's extraction + preprocessing (standardize, phase-flip, clahe, guided) of 1,000 and
 100,000 particles (64 px; micrographs reused through links), peak memory of each, ratio ≤ 1.5.
 
 Before every measured run the benchmark flushes dirty pages (``os.sync``), so a tool does not pay
-for the previous tool's writes. ``python -m benchmarks scale``; JSON in ``bench_out/bench_scale.json``. ``CRYOMAP_BENCH_QUICK=1``
+for the previous tool's writes, then waits :data:`SETTLE_S` seconds, so every tool starts in the
+same memory state (see :func:`_settle`). ``python -m benchmarks scale``; JSON in ``bench_out/bench_scale.json``. ``CRYOMAP_BENCH_QUICK=1``
 uses 4 micrographs and 1k/10k particles (a smoke run).
 """
 
@@ -46,6 +49,8 @@ APIX = 1.0
 REPEATS = int(os.environ.get("CRYOMAP_BENCH_SCALE_REPEATS", "1" if QUICK else "3"))
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / ".venv-peers" / "bin" / "python"
+#: Seconds to wait after flushing, before each measured run (``CRYOMAP_BENCH_SETTLE_S``; see :func:`_settle`).
+SETTLE_S = float(os.environ.get("CRYOMAP_BENCH_SETTLE_S", "1" if QUICK else "10"))
 
 
 def make_data(root: Path, n_mics: int, box_max: int = 256, mic: int = MIC, per_mic: int = PER_MIC, seed: int = 0) -> Path:
@@ -142,6 +147,21 @@ def child_numpy(data: str, out: str, box: int) -> None:
     _report(t0, n)
 
 
+def child_write_floor(out: str, n_bytes: int) -> None:
+    """Write ``n_bytes`` into a new file with 16 MiB positioned writes of one buffer: the cost of the output alone."""
+    t0 = time.perf_counter()
+    import numpy as np
+
+    buf = np.random.default_rng(0).standard_normal((16 << 20) // 4, dtype=np.float32).view(np.uint8)
+    fd = os.open(Path(out) / "stack.raw", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        for pos in range(0, n_bytes, len(buf)):
+            os.pwrite(fd, buf[: min(len(buf), n_bytes - pos)], pos)
+    finally:
+        os.close(fd)
+    _report(t0, 0)
+
+
 def child_read_floor(data: str) -> None:
     t0 = time.perf_counter()
     import numpy as np
@@ -174,11 +194,23 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "particles": src.n,
 
 
 def _settle() -> None:
-    """Flush every dirty page to disk before a measured run, so that no tool pays for the writes and
-    deletions of the one before it. Without it the first tool after a row's clean-up (always cryomap)
-    took 7.4 s instead of 2.1–2.7 s at box 128: the kernel was writing back and discarding the
-    previous row's gigabytes while it wrote (ext4 mounted with ``discard``)."""
+    """Before a measured run: flush every dirty page to disk, then wait :data:`SETTLE_S` seconds.
+
+    The flush: so that no tool pays for the writes and deletions of the one before it (without it
+    the first tool after a row's clean-up took 7.4 s instead of 2.1–2.7 s at box 128).
+
+    The wait: on this machine (a Firecracker VM with free page reporting, ``page_reporting``
+    on the kernel command line) memory freed in the guest goes back to the host within seconds,
+    and a page the host has taken back costs a fault on the host when the guest next uses it.
+    Writing a new file into the page cache ran at ~4 GB/s right after 1.6 GB had been freed
+    (the pages were still there), ~0.9 GB/s 2 s later, ~0.56 GB/s after 5 s and 0.42–0.44 GB/s
+    after 10–20 s. The outputs of the run before (0.4–1.6 GB) are deleted just before each
+    run, so without the wait a tool that starts writing within a second or two (cryomap, RELION,
+    the numpy script) wrote into warm pages and one that imports for seconds first (ASPIRE) into
+    cold ones. After 10 s every tool starts cold; the write floor shows what that costs.
+    """
     os.sync()
+    time.sleep(SETTLE_S)
 
 
 def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> dict:
@@ -232,6 +264,9 @@ def _one_run(tool: str, data: Path, d: Path, box: int, flip: bool) -> dict:
         return _run([str(PEERS), "-c", ASPIRE_CODE, str(data), str(d), str(box), "1" if flip else "0"], cwd=d)
     if tool == "RELION":
         return run_relion(data, d, box, flip)
+    if tool == "write floor":
+        n_bytes = len(list((data / "micrographs").glob("*.mrc"))) * PER_MIC * box * box * 4
+        return _run(_py(f"import benchmarks.bench_scale as b; b.child_write_floor({str(d)!r}, {n_bytes})"))
     return _run(_py(f"import benchmarks.bench_scale as b; b.child_numpy({str(data)!r}, {str(d)!r}, {box})"))
 
 
@@ -252,7 +287,7 @@ def extraction_table(data: Path, work: Path) -> list[dict]:
     floor = _run(_py(f"import benchmarks.bench_scale as b; b.child_read_floor({str(data)!r})"))
     for box in (128, 256):
         for flip in (False, True):
-            tools = ["cryomap", "ASPIRE", "RELION"] + ([] if flip else ["numpy floor"])
+            tools = ["cryomap", "ASPIRE", "RELION"] + ([] if flip else ["numpy floor", "write floor"])
             runs: dict[str, list[dict]] = {t: [] for t in tools}
             for rep in range(REPEATS):
                 for t in tools:
@@ -268,7 +303,7 @@ def extraction_table(data: Path, work: Path) -> list[dict]:
                 row[f"{name} s"] = round(r["seconds"], 2) if "seconds" in r else r.get("error")
                 if r.get("maxrss_mb"):
                     row[f"{name} MB"] = round(r["maxrss_mb"])
-                if name != "cryomap" and cm and "seconds" in r:
+                if name not in ("cryomap", "write floor") and cm and "seconds" in r:
                     row[f"{name}/cryomap"] = round(r["seconds"] / cm, 2)
             row["read floor s"] = round(floor.get("seconds", float("nan")), 2)
             row["runs s"] = {t: r.get("all_seconds") for t, r in out.items()}
