@@ -59,7 +59,7 @@ class Standardizer:
         The statistics are OpenCV reductions accumulated in double; the ring's come from
         ``src × ring`` (0/1 weights) written into ``dst`` as scratch: vectorised, where
         ``cv2.mean`` with a mask is a per-pixel loop (measured: 25 against 48 µs per 128² box,
-        78 against 155 µs per 256² box, statistics to the last bit equal). Then one call for
+        78 against 155 µs per 256² box, the same statistics on the boxes measured). Then one call for
         (x − mean)·sign/std, written straight into ``dst``. No temporary unless ``dst`` is ``src``;
         the GIL released, so images run in threads.
         """
