@@ -347,6 +347,7 @@ def test_stack_header_statistics_are_those_of_the_particles(tmp_path):
         assert float(h.rms) == pytest.approx(data.std(), rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains infinite values", "ignore:invalid value encountered")
 def test_a_nan_pixel_outside_every_box_still_refuses_the_micrograph(tmp_path):
     """The finite check reads the whole micrograph, not only its boxes: a NaN anywhere is a corrupt file."""
     root = make_dataset(tmp_path / "ds", n_mics=2)
