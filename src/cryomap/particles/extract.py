@@ -166,6 +166,7 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
     memory-mapped micrograph, (phase-flipped,) normalised into a buffer of at most
     :data:`CHUNK_BYTES`, its header statistics taken; each full buffer is one positioned write.
     """
+    from cryomap.core.images import Standardizer
     from cryomap.io.micrograph import read_micrograph
     from cryomap.io.mrc import combine_stats
     from cryomap.particles.boxes import box_windows
@@ -183,42 +184,42 @@ def extract_micrograph(p: _Params, path: Path, xi: np.ndarray, yi: np.ndarray, t
             from cryomap.core.phase_flip import PhaseFlip
 
             flip = PhaseFlip(ctf, p.out_apix, (p.out_box, p.out_box))
+        standardizer = Standardizer((p.out_box, p.out_box), p.bg_radius, p.invert)
         own = target.open(len(windows), p.out_box) if isinstance(target, _FileTarget) else None
         sink, offset = (own.target, 0) if own is not None else (target, index)
         try:
             for start in range(0, len(windows), step):
                 stop = min(start + step, len(windows))
                 out = buffer[: stop - start]
-                _process_boxes(p, windows[start:stop], out, stats[start:stop], flip, start)
+                _process_boxes(p, windows[start:stop], out, stats[start:stop], flip, standardizer, start)
                 sink.write(offset + start, out, stats=stats[start:stop])
         except BaseException:
             if own is not None:
                 own.abort()
             raise
+        totals = combine_stats(stats)
         if own is not None:
-            own.record(0, combine_stats(stats))
+            own.record(0, totals)
             own.close()
-        return {"stats": list(combine_stats(stats))}
+        return {"stats": list(totals)}
     except CryomapError as err:
         return {"error": err.message, "path": str(err.path or path)}
 
 
-def _process_boxes(p: _Params, windows: list[np.ndarray], out: np.ndarray, stats: np.ndarray, flip, first: int) -> None:
+def _process_boxes(p: _Params, windows: list[np.ndarray], out: np.ndarray, stats: np.ndarray, flip,
+                   standardizer, first: int) -> None:
     """Boxes → ``out`` (k, out_box, out_box): binned, phase-flipped (``flip``: a
     :class:`~cryomap.core.phase_flip.PhaseFlip` for particles ``first`` …), background-normalised
-    (inverted), with each image's header statistics in ``stats`` (k, 4)."""
-    from cryomap.core.images import Standardizer, image_stats
+    (inverted) by ``standardizer`` (a :class:`~cryomap.core.images.Standardizer`), with each image's
+    header statistics in ``stats`` (k, 4)."""
+    from cryomap.core.images import image_stats
     from cryomap.core.threads import for_each_image
 
     sources = windows
     if p.out_box != p.box:
         from cryomap.core.fourier import resize_images  # imports torch: only when binning (~2 s of start-up)
 
-        stacked = np.empty((len(windows), p.box, p.box), dtype=np.float32)
-        for k, window in enumerate(windows):
-            stacked[k] = window
-        sources = resize_images(stacked, p.out_box)
-    standardizer = Standardizer(out.shape[1:], p.bg_radius, p.invert)
+        sources = resize_images(np.stack(windows), p.out_box)
 
     def one(k: int) -> None:
         src = sources[k]
