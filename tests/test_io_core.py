@@ -74,9 +74,9 @@ def test_stack_writer_header_is_an_mrc2014_image_stack(tmp_path):
 
 
 def test_all_finite_finds_nan_and_infinities_anywhere_and_no_false_alarm():
-    """The micrograph check: one NaN, +inf or −inf anywhere is found, in contiguous images and strided views;
-    finite values near float32's maximum, whose float32 sum would overflow, are not an alarm."""
-    from cryomap.io.micrograph import all_finite
+    """The micrograph and MRC check: one NaN, +inf or −inf anywhere is found, in contiguous images, strided
+    views and 3D maps; finite values near float32's maximum, whose float32 sum would overflow, are not an alarm."""
+    from cryomap.core.images import all_finite
 
     big = np.full((512, 700), 3.0e38, dtype=np.float32)
     big[::2] *= -1
@@ -87,3 +87,7 @@ def test_all_finite_finds_nan_and_infinities_anywhere_and_no_false_alarm():
         assert not all_finite(img)
         assert not all_finite(img[200:, 100:]) and all_finite(img[:299, :])
     assert not all_finite(np.array([[1.0, np.nan]]))  # float64 goes the numpy way
+    vol = np.full((5, 6, 7), -3.0e38, dtype=np.float32)
+    assert all_finite(vol) and all_finite(vol[:, 1:, :4]) and all_finite(vol[:0])
+    vol[4, 5, 6] = np.nan
+    assert not all_finite(vol) and not all_finite(vol[:, 1:, 2:])

@@ -19,6 +19,25 @@ def background_mask(box: int, bg_radius: float) -> np.ndarray:
     return (xx - c) ** 2 + (yy - c) ** 2 > float(bg_radius) ** 2
 
 
+def all_finite(arr: np.ndarray) -> bool:
+    """True when no value of an image, stack or map is NaN or ±inf.
+
+    A float32 array with contiguous rows is summed in double by OpenCV (``sumElems``, as a 2D
+    array): a NaN or an infinity anywhere makes the sum non-finite, and finite float32 values
+    cannot overflow a double. One vectorised pass with no temporary: on 4096² micrographs half
+    the time of ``np.isfinite(a).all()``, which makes an array-sized boolean temporary
+    (``cv2.checkRange`` took longer still). Other arrays go the numpy way.
+    """
+    import cv2
+
+    a = np.asarray(arr)
+    if a.size == 0:
+        return True
+    if a.dtype != np.float32 or a.ndim < 2 or (a.ndim > 2 and not a.flags.c_contiguous):
+        return bool(np.isfinite(a).all())
+    return bool(np.isfinite(cv2.sumElems(a.reshape(-1, a.shape[-1]))[0]))
+
+
 def image_mean_var(image: np.ndarray) -> tuple[float, float]:
     """Population mean and variance of one float32 image (h, w), contiguous or a strided view.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryomap.core.images import all_finite
 from cryomap.errors import BadInputError
 from cryomap.io.mrc import MrcData
 
@@ -170,18 +171,3 @@ def read_micrograph(path: str | Path, apix: float | None = None, *, mmap: bool =
         raise BadInputError("contains NaN or infinite pixels", path)
     return MrcData(arr if arr.dtype == np.float32 else arr.astype(np.float32), None if apix is None else float(apix), origin)  # type: ignore[arg-type]
 
-
-def all_finite(arr: np.ndarray) -> bool:
-    """True when no pixel of an image is NaN or ±inf.
-
-    A float32 image is summed in double by OpenCV (``sumElems``): a NaN or an infinity anywhere makes
-    the sum non-finite, and finite float32 pixels cannot overflow a double. One vectorised pass
-    with no temporary: on 4096² micrographs half the time of ``np.isfinite(a).all()``, which makes
-    an image-sized boolean array (``cv2.checkRange`` took longer still).
-    """
-    import cv2
-
-    a = np.asarray(arr)
-    if a.dtype != np.float32 or a.ndim != 2:
-        return bool(np.isfinite(a).all())
-    return bool(np.isfinite(cv2.sumElems(a)[0]))

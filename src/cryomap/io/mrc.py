@@ -12,6 +12,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
+from cryomap.core.images import all_finite
 from cryomap.errors import BadInputError
 from cryomap.io.atomic import atomic_path
 
@@ -147,7 +148,7 @@ def read_mrc(path: str | Path, apix: float | None = None, *, mmap: bool = False)
                 arr = arr.astype(np.float32)
         else:
             arr = np.asarray(data, dtype=np.float32).copy()
-    if mmap is False and not np.all(np.isfinite(arr)):
+    if mmap is False and not all_finite(arr):
         raise BadInputError("contains NaN or infinite values", path)
     return MrcData(arr, float(apix), origin)
 
